@@ -1,0 +1,32 @@
+//! Tally's engine: the ledger's events, their validation, the exact settlement math and the
+//! state machine that turns a log into balances. Pure: no I/O, no network, no storage, no
+//! CUDA. Every other crate leans on this one; see docs/architecture.md for the data layout.
+
+mod digest;
+mod error;
+mod event;
+mod fingerprint;
+pub mod id;
+mod intern;
+pub mod json;
+pub mod merkle;
+mod read;
+mod replay;
+pub mod settle;
+mod state;
+mod validate;
+pub mod weight;
+
+pub use error::{Refusal, RefusalClass, ReplayError, Rule};
+pub use event::{
+    ArchivedEvent, Attribution, Batch, Contribution, Datanet, Event, EventKind, Inference,
+    LoggedEvent, Model, Policy, Revocation, ScoredInference, Settlement,
+};
+pub use read::{
+    BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutView,
+    PolicyView, RevocationView, RewardView, SettlementView,
+};
+pub use replay::replay;
+pub use settle::{BatchSettler, CpuSettler, SettleError, SettleInput, SettleOutput};
+pub use state::{Applied, InferenceHistory, Ledger, MemoryReport, Role, MAX_OPEN_ENTRIES};
+pub use validate::{MAX_BATCH_EVENTS, MAX_REASON_BYTES};

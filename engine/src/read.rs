@@ -1,0 +1,301 @@
+//! Read access to the state, row by row, in the shape of surface.md's tables. Borrowed views
+//! only: this module never changes the state and never copies the per-entry arrays.
+
+use crate::merkle;
+use crate::state::{Ledger, Role, PROTOCOL};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatanetView<'a> {
+    pub datanet: &'a str,
+    pub owner: &'a str,
+    pub lsn: u64,
+    pub contributions: u64,
+    pub attributions: u64,
+    pub earned: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContributionView<'a> {
+    pub contribution: &'a str,
+    pub datanet: &'a str,
+    pub contributor: &'a str,
+    pub content_hash: [u8; 32],
+    pub lsn: u64,
+    pub revoked_lsn: Option<u64>,
+    pub inferences: u64,
+    pub earned: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelView<'a> {
+    pub model: &'a str,
+    pub owner: &'a str,
+    pub base_model: Option<&'a str>,
+    pub datanets: Vec<&'a str>,
+    pub lsn: u64,
+    pub inferences: u64,
+    pub fees: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyView {
+    pub lsn: u64,
+    pub protocol_bps: u16,
+    pub model_bps: u16,
+    pub base_bps: u16,
+    pub contributors_bps: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationView<'a> {
+    pub contribution: &'a str,
+    pub reason: &'a str,
+    pub lsn: u64,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochView {
+    pub epoch: u64,
+    pub open: bool,
+    pub opened_lsn: u64,
+    pub closed_lsn: Option<u64>,
+    pub inferences: u64,
+    pub fees: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettlementView {
+    pub epoch: u64,
+    pub lsn: u64,
+    pub ts: i64,
+    pub total: u64,
+    pub payouts_root: merkle::Hash,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewardView<'a> {
+    pub epoch: u64,
+    pub account: &'a str,
+    pub role: Role,
+    pub amount: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceView<'a> {
+    pub account: &'a str,
+    pub earned: u64,
+    pub settled: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayoutView<'a> {
+    pub epoch: u64,
+    pub account: &'a str,
+    pub amount: u64,
+}
+
+/// One attribution entry of the open epoch, with its reward as currently settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenEntryView<'a> {
+    pub inference_lsn: u64,
+    pub contribution: &'a str,
+    pub contributor: &'a str,
+    pub weight: u32,
+    pub reward: u64,
+}
+
+impl Ledger {
+    pub fn datanets(&self) -> impl Iterator<Item = DatanetView<'_>> {
+        self.datanet_rows
+            .iter()
+            .enumerate()
+            .map(|(id, r)| DatanetView {
+                datanet: self.datanets.name(id as u32),
+                owner: self.accounts.name(r.owner),
+                lsn: r.lsn,
+                contributions: r.contributions,
+                attributions: r.attributions,
+                earned: r.earned,
+            })
+    }
+
+    pub fn contributions(&self) -> impl Iterator<Item = ContributionView<'_>> {
+        (0..self.contribution_rows.len() as u32).map(|id| self.contribution_view(id))
+    }
+
+    pub fn contribution(&self, name: &str) -> Option<ContributionView<'_>> {
+        self.contributions
+            .get(name)
+            .map(|id| self.contribution_view(id))
+    }
+
+    fn contribution_view(&self, id: u32) -> ContributionView<'_> {
+        let r = &self.contribution_rows[id as usize];
+        ContributionView {
+            contribution: self.contributions.name(id),
+            datanet: self.datanets.name(r.datanet),
+            contributor: self.accounts.name(r.contributor),
+            content_hash: r.content_hash,
+            lsn: r.lsn,
+            revoked_lsn: (r.revoked_lsn != 0).then_some(r.revoked_lsn),
+            inferences: r.inferences,
+            earned: r.earned,
+        }
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = ModelView<'_>> {
+        self.model_rows.iter().enumerate().map(|(id, r)| ModelView {
+            model: self.models.name(id as u32),
+            owner: self.accounts.name(r.owner),
+            base_model: r.base.map(|b| self.models.name(b)),
+            datanets: r.datanets.iter().map(|&d| self.datanets.name(d)).collect(),
+            lsn: r.lsn,
+            inferences: r.inferences,
+            fees: r.fees,
+        })
+    }
+
+    pub fn policies(&self) -> impl Iterator<Item = PolicyView> + '_ {
+        self.policies.iter().map(|p| PolicyView {
+            lsn: p.lsn,
+            protocol_bps: p.bps.protocol,
+            model_bps: p.bps.model,
+            base_bps: p.bps.base,
+            contributors_bps: p.bps.contributors(),
+        })
+    }
+
+    pub fn revocations(&self) -> impl Iterator<Item = RevocationView<'_>> {
+        self.revocations.iter().map(|r| RevocationView {
+            contribution: self.contributions.name(r.contribution),
+            reason: &r.reason,
+            lsn: r.lsn,
+            ts: r.ts,
+        })
+    }
+
+    pub fn epochs(&self) -> impl Iterator<Item = EpochView> + '_ {
+        self.epochs.iter().map(|e| EpochView {
+            epoch: e.epoch,
+            open: e.closed.is_none(),
+            opened_lsn: e.opened_lsn,
+            closed_lsn: e.closed.as_ref().map(|c| c.lsn),
+            inferences: e.inferences,
+            fees: e.fees,
+        })
+    }
+
+    pub fn settlements(&self) -> impl Iterator<Item = SettlementView> + '_ {
+        self.epochs.iter().filter_map(|e| {
+            e.closed.as_ref().map(|c| SettlementView {
+                epoch: e.epoch,
+                lsn: c.lsn,
+                ts: c.ts,
+                total: e.fees,
+                payouts_root: c.payouts_root,
+            })
+        })
+    }
+
+    /// Rewards per (epoch, account, role), amount > 0: closed epochs first, then the open one.
+    pub fn rewards(&self) -> impl Iterator<Item = RewardView<'_>> {
+        let closed = self
+            .epochs
+            .iter()
+            .filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c)));
+        let closed = closed.flat_map(move |(epoch, c)| {
+            c.rewards.iter().map(move |&(a, role, amount)| RewardView {
+                epoch,
+                account: self.accounts.name(a),
+                role,
+                amount,
+            })
+        });
+        let open_epoch = self.open_epoch();
+        let open = self
+            .open
+            .rewards
+            .iter()
+            .enumerate()
+            .flat_map(move |(a, roles)| {
+                Role::ALL
+                    .into_iter()
+                    .filter(move |&r| roles[r as usize] > 0)
+                    .map(move |role| RewardView {
+                        epoch: open_epoch,
+                        account: self.accounts.name(a as u32),
+                        role,
+                        amount: roles[role as usize],
+                    })
+            });
+        closed.chain(open)
+    }
+
+    /// One row per account that has earned anything.
+    pub fn balances(&self) -> impl Iterator<Item = BalanceView<'_>> {
+        (0..self.accounts.len() as u32)
+            .filter_map(|a| self.balance_of(a))
+            .filter(|b| b.earned > 0)
+    }
+
+    /// A point lookup; `None` for an unknown account.
+    pub fn balance(&self, account: &str) -> Option<BalanceView<'_>> {
+        self.accounts.get(account).and_then(|a| self.balance_of(a))
+    }
+
+    fn balance_of(&self, a: u32) -> Option<BalanceView<'_>> {
+        let settled = self.settled[a as usize];
+        let pending: u64 = self.open.rewards[a as usize].iter().sum();
+        Some(BalanceView {
+            account: self.accounts.name(a),
+            earned: settled + pending,
+            settled,
+            pending,
+        })
+    }
+
+    /// Payout sets of closed epochs, each in Merkle leaf order.
+    pub fn payouts(&self) -> impl Iterator<Item = PayoutView<'_>> {
+        self.epochs
+            .iter()
+            .filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c)))
+            .flat_map(move |(epoch, c)| {
+                c.payouts.iter().map(move |&(a, amount)| PayoutView {
+                    epoch,
+                    account: self.accounts.name(a),
+                    amount,
+                })
+            })
+    }
+
+    /// The open epoch's entries, in log order.
+    pub fn open_entries(&self) -> impl Iterator<Item = OpenEntryView<'_>> {
+        let o = &self.open;
+        (0..o.inferences()).flat_map(move |i| {
+            o.entry_range(i).map(move |e| {
+                let c = o.e_contribution[e];
+                OpenEntryView {
+                    inference_lsn: o.inf_lsn[i],
+                    contribution: self.contributions.name(c),
+                    contributor: self
+                        .accounts
+                        .name(self.contribution_rows[c as usize].contributor),
+                    weight: o.e_weight[e],
+                    reward: o.e_reward[e],
+                }
+            })
+        })
+    }
+
+    /// Number of inferences accepted over the whole history.
+    pub fn inference_count(&self) -> u64 {
+        self.epochs.iter().map(|e| e.inferences).sum()
+    }
+
+    /// Whether `account` is the ledger's own account.
+    pub fn is_protocol_account(&self, account: &str) -> bool {
+        self.accounts.get(account) == Some(PROTOCOL)
+    }
+}

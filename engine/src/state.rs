@@ -1,0 +1,733 @@
+//! The ledger's state machine: committed batches in, every read table's numbers out,
+//! maintained incrementally. `validate.rs` decides whether a batch is accepted; this module
+//! applies an accepted plan and must never fail halfway: everything that can refuse happens
+//! before the first byte of state changes.
+//!
+//! Layout (see docs/architecture.md): names are interned to dense u32 ids; per-id rows live in
+//! vectors indexed by id; the open epoch keeps one slot per attribution entry in flat parallel
+//! arrays (struct of arrays) so batch backends can work on them directly. Closed epochs keep
+//! only their aggregates.
+
+use std::sync::Arc;
+
+use crate::error::{Refusal, ReplayError};
+use crate::event::{Event, LoggedEvent};
+use crate::fingerprint::FingerprintSet;
+use crate::intern::Interner;
+use crate::merkle;
+use crate::settle::{divide_pool, split_fee, BatchSettler, Bps, SettleInput, SettleOutput};
+use crate::validate::{Op, Plan, Validator};
+
+/// Account id of `$protocol`: interned first, in every ledger.
+pub(crate) const PROTOCOL: u32 = 0;
+/// End of a posting chain.
+pub(crate) const NONE: u32 = u32::MAX;
+/// Most attribution entries the open epoch can hold (entry offsets are u32).
+pub const MAX_OPEN_ENTRIES: u64 = (u32::MAX - 1) as u64;
+
+/// Who a credit is for (settlement.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Protocol = 0,
+    Model = 1,
+    BaseModel = 2,
+    Contributor = 3,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Role::Protocol,
+        Role::Model,
+        Role::BaseModel,
+        Role::Contributor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Protocol => "protocol",
+            Role::Model => "model",
+            Role::BaseModel => "base_model",
+            Role::Contributor => "contributor",
+        }
+    }
+}
+
+/// Whether confirmed duplicates of past inference ids can be told from fingerprint collisions.
+/// The storage layer implements this over the log; without it, a fingerprint hit is refused
+/// as a duplicate (a false refusal has probability about n/2^64 per inference).
+pub trait InferenceHistory: Send + Sync {
+    /// True when an inference with this id was accepted at an lsn below `before`.
+    fn accepted_before(&self, inference: &str, before: u64) -> bool;
+}
+
+/// How inferences are settled as they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settling {
+    /// Each inference's pool is divided when it is appended and re-divided on revocation.
+    Incremental,
+    /// Pools are divided for a whole epoch at once by a batch backend (`replay.rs`).
+    Deferred,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DatanetRow {
+    pub owner: u32,
+    pub lsn: u64,
+    pub contributions: u64,
+    pub attributions: u64,
+    pub earned: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ContributionRow {
+    pub datanet: u32,
+    pub contributor: u32,
+    pub lsn: u64,
+    /// 0 while not revoked (no event has lsn 0).
+    pub revoked_lsn: u64,
+    pub inferences: u64,
+    pub earned: u64,
+    pub content_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ModelRow {
+    pub owner: u32,
+    pub base: Option<u32>,
+    /// As listed in the event.
+    pub datanets: Box<[u32]>,
+    /// Own datanets plus the base model's, sorted and without repeats.
+    pub lineage: Box<[u32]>,
+    pub lsn: u64,
+    pub inferences: u64,
+    pub fees: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyRow {
+    pub lsn: u64,
+    pub bps: Bps,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RevocationRow {
+    pub contribution: u32,
+    pub reason: Box<str>,
+    pub lsn: u64,
+    pub ts: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ClosedEpoch {
+    pub lsn: u64,
+    pub ts: i64,
+    /// (account, amount > 0), sorted by account name bytewise: the Merkle leaves.
+    pub payouts: Vec<(u32, u64)>,
+    /// (account, role, amount > 0), sorted by account id then role.
+    pub rewards: Vec<(u32, Role, u64)>,
+    pub payouts_root: merkle::Hash,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EpochRow {
+    pub epoch: u64,
+    pub opened_lsn: u64,
+    pub inferences: u64,
+    pub fees: u64,
+    pub closed: Option<ClosedEpoch>,
+}
+
+/// The open epoch's per-inference and per-entry state, as flat arrays.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct OpenEpoch {
+    /// Per inference.
+    pub inf_lsn: Vec<u64>,
+    pub inf_pool: Vec<u64>,
+    /// Inference i owns entries `inf_start[i]..inf_start[i + 1]`; always starts with 0.
+    pub inf_start: Vec<u32>,
+    /// Per entry.
+    pub e_contribution: Vec<u32>,
+    pub e_weight: Vec<u32>,
+    pub e_reward: Vec<u64>,
+    /// Next entry of the same contribution in this epoch (the contribution → entries index
+    /// that revocation walks), `NONE` at the end.
+    pub e_next: Vec<u32>,
+    /// Per contribution: first entry of its chain.
+    pub head: Vec<u32>,
+    /// Per account: credits of this epoch by role.
+    pub rewards: Vec<[u64; 4]>,
+}
+
+impl OpenEpoch {
+    pub(crate) fn entries(&self) -> usize {
+        self.e_weight.len()
+    }
+
+    pub(crate) fn inferences(&self) -> usize {
+        self.inf_pool.len()
+    }
+
+    pub(crate) fn entry_range(&self, inference: usize) -> std::ops::Range<usize> {
+        self.inf_start[inference] as usize..self.inf_start[inference + 1] as usize
+    }
+
+    fn inference_of_entry(&self, entry: usize) -> usize {
+        self.inf_start.partition_point(|&s| s as usize <= entry) - 1
+    }
+
+    fn reset(&mut self) {
+        for v in [&mut self.inf_lsn, &mut self.inf_pool, &mut self.e_reward] {
+            v.clear();
+        }
+        for v in [
+            &mut self.e_contribution,
+            &mut self.e_weight,
+            &mut self.e_next,
+        ] {
+            v.clear();
+        }
+        self.inf_start.clear();
+        self.inf_start.push(0);
+        self.head.fill(NONE);
+        self.rewards.fill([0; 4]);
+    }
+}
+
+/// Grows `v` for `additional` more items by at least 1/16 of its length, so that the slack
+/// in the big per-entry arrays stays near 6% instead of doubling's up to 100%.
+fn reserve_gently<T>(v: &mut Vec<T>, total: usize) {
+    if v.capacity() < total {
+        v.reserve_exact((total - v.len()).max(v.len() / 16));
+    }
+}
+
+/// The ledger state. Cheap to compare with `digest()`.
+#[derive(Clone)]
+pub struct Ledger {
+    pub(crate) last_lsn: u64,
+    pub(crate) last_ts: i64,
+    /// Sum of all fees ever accepted; every other money total is a part of it, so keeping it
+    /// within i64 keeps all of them within i64 (see docs/architecture.md).
+    pub(crate) total_fees: u64,
+    pub(crate) accounts: Interner,
+    /// Per account: the sum of its payouts from closed epochs.
+    pub(crate) settled: Vec<u64>,
+    pub(crate) datanets: Interner,
+    pub(crate) datanet_rows: Vec<DatanetRow>,
+    pub(crate) contributions: Interner,
+    pub(crate) contribution_rows: Vec<ContributionRow>,
+    /// Per contribution, 1 when revoked: the array batch backends read.
+    pub(crate) revoked: Vec<u8>,
+    pub(crate) content: hashbrown::HashMap<[u8; 32], u32, foldhash::fast::FixedState>,
+    pub(crate) models: Interner,
+    pub(crate) model_rows: Vec<ModelRow>,
+    pub(crate) inference_ids: FingerprintSet,
+    pub(crate) history: Option<Arc<dyn InferenceHistory>>,
+    pub(crate) bps: Bps,
+    pub(crate) policies: Vec<PolicyRow>,
+    pub(crate) revocations: Vec<RevocationRow>,
+    /// Every epoch; the last one is open.
+    pub(crate) epochs: Vec<EpochRow>,
+    pub(crate) open: OpenEpoch,
+    pub(crate) settling: Settling,
+    /// Scratch for re-settlement, to keep allocation off the revocation path.
+    scratch: Vec<u64>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
+/// Where an accepted batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub first_lsn: u64,
+    pub last_lsn: u64,
+    pub ts: i64,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        let mut accounts = Interner::new();
+        accounts.push(crate::id::PROTOCOL_ACCOUNT);
+        let mut open = OpenEpoch::default();
+        open.inf_start.push(0);
+        open.rewards.push([0; 4]);
+        Ledger {
+            last_lsn: 0,
+            last_ts: 0,
+            total_fees: 0,
+            accounts,
+            settled: vec![0],
+            datanets: Interner::new(),
+            datanet_rows: Vec::new(),
+            contributions: Interner::new(),
+            contribution_rows: Vec::new(),
+            revoked: Vec::new(),
+            content: Default::default(),
+            models: Interner::new(),
+            model_rows: Vec::new(),
+            inference_ids: FingerprintSet::new(),
+            history: None,
+            bps: Bps::DEFAULT,
+            policies: Vec::new(),
+            revocations: Vec::new(),
+            epochs: vec![EpochRow {
+                epoch: 1,
+                opened_lsn: 0,
+                inferences: 0,
+                fees: 0,
+                closed: None,
+            }],
+            open,
+            settling: Settling::Incremental,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Attaches the exact check behind inference-id fingerprints (see `InferenceHistory`).
+    pub fn set_history(&mut self, history: Arc<dyn InferenceHistory>) {
+        self.history = Some(history);
+    }
+
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+
+    pub fn last_ts(&self) -> i64 {
+        self.last_ts
+    }
+
+    pub fn open_epoch(&self) -> u64 {
+        self.epochs.last().expect("an epoch is always open").epoch
+    }
+
+    /// Checks a batch against the current state without changing it.
+    pub fn validate(&self, events: &[Event]) -> Result<(), Refusal> {
+        Validator::new(self).plan(events).map(|_| ())
+    }
+
+    /// Appends a committed batch: validates all of it, then applies all of it, giving its
+    /// events the next lsns. `ts` is the leader's stamp; a stamp behind the last one takes the
+    /// last one's. On a refusal nothing changes.
+    pub fn apply(&mut self, events: &[Event], ts: i64) -> Result<Applied, Refusal> {
+        let plan = Validator::new(self).plan(events)?;
+        let first_lsn = self.last_lsn + 1;
+        self.apply_plan(events, plan, |_| ts);
+        Ok(Applied {
+            first_lsn,
+            last_lsn: self.last_lsn,
+            ts: self.last_ts,
+        })
+    }
+
+    /// Applies logged events that were accepted before (replay, followers): their lsns must
+    /// continue this state's exactly.
+    pub fn apply_logged(&mut self, events: &[LoggedEvent]) -> Result<(), ReplayError> {
+        for (k, e) in events.iter().enumerate() {
+            let expected = self.last_lsn + 1 + k as u64;
+            if e.lsn != expected {
+                return Err(ReplayError::Gap {
+                    expected,
+                    found: e.lsn,
+                });
+            }
+        }
+        let owned: Vec<&Event> = events.iter().map(|e| &e.event).collect();
+        let plan =
+            Validator::new(self)
+                .plan_refs(&owned)
+                .map_err(|refusal| ReplayError::Refused {
+                    lsn: self.last_lsn + 1 + refusal.index as u64,
+                    refusal,
+                })?;
+        self.apply_plan_refs(&owned, plan, |i| events[i].ts);
+        Ok(())
+    }
+
+    fn apply_plan(&mut self, events: &[Event], plan: Plan<'_>, ts_of: impl Fn(usize) -> i64) {
+        let refs: Vec<&Event> = events.iter().collect();
+        self.apply_plan_refs(&refs, plan, ts_of);
+    }
+
+    fn apply_plan_refs(&mut self, events: &[&Event], plan: Plan<'_>, ts_of: impl Fn(usize) -> i64) {
+        assert_eq!(events.len(), plan.ops.len());
+        for name in &plan.new_accounts {
+            self.accounts.push(name);
+            self.settled.push(0);
+            self.open.rewards.push([0; 4]);
+        }
+        let open_entries = self.open.entries() + plan.entries.len();
+        for v in [
+            &mut self.open.e_contribution,
+            &mut self.open.e_weight,
+            &mut self.open.e_next,
+        ] {
+            reserve_gently(v, open_entries);
+        }
+        reserve_gently(&mut self.open.e_reward, open_entries);
+        let mut entries = plan.entries.as_slice();
+        for (i, (event, op)) in events.iter().zip(plan.ops).enumerate() {
+            self.last_lsn += 1;
+            self.last_ts = self.last_ts.max(ts_of(i));
+            let lsn = self.last_lsn;
+            match (event, op) {
+                (Event::Datanet(d), Op::Datanet { owner }) => {
+                    self.datanets.push(&d.datanet);
+                    self.datanet_rows.push(DatanetRow {
+                        owner,
+                        lsn,
+                        contributions: 0,
+                        attributions: 0,
+                        earned: 0,
+                    });
+                }
+                (
+                    Event::Contribution(c),
+                    Op::Contribution {
+                        datanet,
+                        contributor,
+                        hash,
+                    },
+                ) => {
+                    let id = self.contributions.push(&c.contribution);
+                    self.contribution_rows.push(ContributionRow {
+                        datanet,
+                        contributor,
+                        lsn,
+                        revoked_lsn: 0,
+                        inferences: 0,
+                        earned: 0,
+                        content_hash: hash,
+                    });
+                    self.revoked.push(0);
+                    self.open.head.push(NONE);
+                    self.content.insert(hash, id);
+                    self.datanet_rows[datanet as usize].contributions += 1;
+                }
+                (
+                    Event::Model(m),
+                    Op::Model {
+                        owner,
+                        base,
+                        datanets,
+                        lineage,
+                    },
+                ) => {
+                    self.models.push(&m.model);
+                    self.model_rows.push(ModelRow {
+                        owner,
+                        base,
+                        datanets: datanets.into(),
+                        lineage: lineage.into(),
+                        lsn,
+                        inferences: 0,
+                        fees: 0,
+                    });
+                }
+                (Event::Inference(inf), Op::Inference { model, fingerprint }) => {
+                    let (resolved, rest) = entries.split_at(inf.attributions.len());
+                    entries = rest;
+                    self.apply_inference(lsn, inf, model, resolved);
+                    self.inference_ids.insert(fingerprint);
+                }
+                (Event::Revocation(r), Op::Revocation { contribution }) => {
+                    self.apply_revocation(lsn, self.last_ts, r, contribution);
+                }
+                (Event::Policy(_), Op::Policy(bps)) => {
+                    self.bps = bps;
+                    self.policies.push(PolicyRow { lsn, bps });
+                }
+                (Event::Settlement(_), Op::Settlement) => self.close_epoch(lsn, self.last_ts),
+                _ => unreachable!("plan does not match its events"),
+            }
+        }
+        debug_assert!(entries.is_empty());
+    }
+
+    #[inline]
+    fn credit(&mut self, account: u32, role: Role, amount: u64) {
+        self.open.rewards[account as usize][role as usize] += amount;
+    }
+
+    fn apply_inference(
+        &mut self,
+        lsn: u64,
+        inf: &crate::event::Inference,
+        model: u32,
+        resolved: &[u32],
+    ) {
+        let fee = u64::try_from(inf.fee).expect("validated fee");
+        let row = &self.model_rows[model as usize];
+        let owner = row.owner;
+        let base_owner = row.base.map(|b| self.model_rows[b as usize].owner);
+        let split = split_fee(fee, self.bps, base_owner.is_some());
+        self.credit(PROTOCOL, Role::Protocol, split.protocol);
+        self.credit(owner, Role::Model, split.model);
+        if let Some(base_owner) = base_owner {
+            self.credit(base_owner, Role::BaseModel, split.base);
+        }
+        let row = &mut self.model_rows[model as usize];
+        row.inferences += 1;
+        row.fees += fee;
+        let epoch = self.epochs.last_mut().expect("open epoch");
+        epoch.inferences += 1;
+        epoch.fees += fee;
+        self.total_fees += fee;
+
+        let open = &mut self.open;
+        let start = open.entries();
+        for (a, &c) in inf.attributions.iter().zip(resolved) {
+            let entry = open.e_weight.len() as u32;
+            open.e_contribution.push(c);
+            open.e_weight.push(a.weight);
+            open.e_reward.push(0);
+            open.e_next.push(open.head[c as usize]);
+            open.head[c as usize] = entry;
+            let crow = &mut self.contribution_rows[c as usize];
+            crow.inferences += 1;
+            self.datanet_rows[crow.datanet as usize].attributions += 1;
+        }
+        let end = open.entries();
+        open.inf_lsn.push(lsn);
+        open.inf_pool.push(split.pool);
+        open.inf_start.push(end as u32);
+        if self.settling == Settling::Incremental {
+            let revoked = &self.revoked;
+            let contribution = &open.e_contribution[start..end];
+            let unassigned = divide_pool(
+                split.pool,
+                &open.e_weight[start..end],
+                |j| revoked[contribution[j] as usize] == 0,
+                &mut open.e_reward[start..end],
+            );
+            self.credit(PROTOCOL, Role::Protocol, unassigned);
+            for e in start..end {
+                let reward = self.open.e_reward[e];
+                if reward > 0 {
+                    self.credit_contribution(self.open.e_contribution[e], reward);
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn credit_contribution(&mut self, contribution: u32, amount: u64) {
+        let row = &mut self.contribution_rows[contribution as usize];
+        row.earned += amount;
+        let (contributor, datanet) = (row.contributor, row.datanet);
+        self.datanet_rows[datanet as usize].earned += amount;
+        self.credit(contributor, Role::Contributor, amount);
+    }
+
+    fn debit_contribution(&mut self, contribution: u32, amount: u64) {
+        let row = &mut self.contribution_rows[contribution as usize];
+        row.earned -= amount;
+        let (contributor, datanet) = (row.contributor, row.datanet);
+        self.datanet_rows[datanet as usize].earned -= amount;
+        self.open.rewards[contributor as usize][Role::Contributor as usize] -= amount;
+    }
+
+    fn apply_revocation(&mut self, lsn: u64, ts: i64, r: &crate::event::Revocation, c: u32) {
+        debug_assert_eq!(self.revoked[c as usize], 0);
+        self.revoked[c as usize] = 1;
+        self.contribution_rows[c as usize].revoked_lsn = lsn;
+        self.revocations.push(RevocationRow {
+            contribution: c,
+            reason: r.reason.as_str().into(),
+            lsn,
+            ts,
+        });
+        if self.settling == Settling::Deferred {
+            return;
+        }
+        let mut entry = self.open.head[c as usize];
+        while entry != NONE {
+            let inference = self.open.inference_of_entry(entry as usize);
+            self.resettle(inference);
+            entry = self.open.e_next[entry as usize];
+        }
+    }
+
+    /// Re-divides one open-epoch inference's pool under the current revocations and moves the
+    /// differences between accounts. Fees and the fixed parts never change.
+    fn resettle(&mut self, inference: usize) {
+        let range = self.open.entry_range(inference);
+        let pool = self.open.inf_pool[inference];
+        let mut old = std::mem::take(&mut self.scratch);
+        old.clear();
+        old.extend_from_slice(&self.open.e_reward[range.clone()]);
+        let old_unassigned = pool - old.iter().sum::<u64>();
+        let revoked = &self.revoked;
+        let contribution = &self.open.e_contribution[range.clone()];
+        let new_unassigned = divide_pool(
+            pool,
+            &self.open.e_weight[range.clone()],
+            |j| revoked[contribution[j] as usize] == 0,
+            &mut self.open.e_reward[range.clone()],
+        );
+        for (k, e) in range.enumerate() {
+            let (before, after) = (old[k], self.open.e_reward[e]);
+            if before != after {
+                let c = self.open.e_contribution[e];
+                self.debit_contribution(c, before);
+                self.credit_contribution(c, after);
+            }
+        }
+        let protocol = &mut self.open.rewards[PROTOCOL as usize][Role::Protocol as usize];
+        *protocol = *protocol - old_unassigned + new_unassigned;
+        self.scratch = old;
+    }
+
+    /// Closes the open epoch at `lsn`: freezes its rewards, computes payouts and their Merkle
+    /// root (settlement.md §6), moves them to `settled`, and opens the next epoch.
+    fn close_epoch(&mut self, lsn: u64, ts: i64) {
+        assert_eq!(
+            self.settling,
+            Settling::Incremental,
+            "deferred pools must be settled first"
+        );
+        let mut payouts = Vec::new();
+        let mut rewards = Vec::new();
+        for (account, roles) in self.open.rewards.iter().enumerate() {
+            let account = account as u32;
+            let total: u64 = roles.iter().sum();
+            if total > 0 {
+                payouts.push((account, total));
+            }
+            for role in Role::ALL {
+                if roles[role as usize] > 0 {
+                    rewards.push((account, role, roles[role as usize]));
+                }
+            }
+        }
+        let accounts = &self.accounts;
+        payouts.sort_unstable_by(|a, b| {
+            accounts
+                .name(a.0)
+                .as_bytes()
+                .cmp(accounts.name(b.0).as_bytes())
+        });
+        let leaves: Vec<(&str, u64)> = payouts
+            .iter()
+            .map(|&(a, v)| (accounts.name(a), v))
+            .collect();
+        let payouts_root = merkle::payouts_root(&leaves);
+        let paid: u64 = payouts.iter().map(|p| p.1).sum();
+        for &(account, amount) in &payouts {
+            self.settled[account as usize] += amount;
+        }
+        let epoch = self.epochs.last_mut().expect("open epoch");
+        // Conservation (ledger.md invariant 1), checked on every close.
+        assert_eq!(
+            paid, epoch.fees,
+            "epoch {} payouts differ from its fees",
+            epoch.epoch
+        );
+        epoch.closed = Some(ClosedEpoch {
+            lsn,
+            ts,
+            payouts,
+            rewards,
+            payouts_root,
+        });
+        let next = epoch.epoch + 1;
+        self.epochs.push(EpochRow {
+            epoch: next,
+            opened_lsn: lsn,
+            inferences: 0,
+            fees: 0,
+            closed: None,
+        });
+        self.open.reset();
+    }
+
+    /// Divides every pool of the open epoch with a batch backend, under the revocations in
+    /// force now, and credits the results. Only for a state in deferred mode (replay); leaves it
+    /// in incremental mode, so the caller can close the epoch or keep appending.
+    pub(crate) fn settle_deferred(
+        &mut self,
+        settler: &dyn BatchSettler,
+    ) -> Result<(), ReplayError> {
+        assert_eq!(self.settling, Settling::Deferred);
+        let n = self.open.inferences();
+        let mut unassigned = vec![0u64; n];
+        let open = &mut self.open;
+        let input = SettleInput {
+            entry_start: &open.inf_start,
+            pool: &open.inf_pool,
+            contribution: &open.e_contribution,
+            weight: &open.e_weight,
+            revoked: &self.revoked,
+        };
+        settler
+            .settle(
+                &input,
+                SettleOutput {
+                    reward: &mut open.e_reward,
+                    unassigned: &mut unassigned,
+                },
+            )
+            .map_err(|e| ReplayError::Settler(format!("{}: {e}", settler.name())))?;
+        let to_protocol: u64 = unassigned.iter().sum();
+        self.credit(PROTOCOL, Role::Protocol, to_protocol);
+        for e in 0..self.open.entries() {
+            let reward = self.open.e_reward[e];
+            if reward > 0 {
+                self.credit_contribution(self.open.e_contribution[e], reward);
+            }
+        }
+        self.settling = Settling::Incremental;
+        Ok(())
+    }
+
+    /// Bytes held per open-epoch attribution entry and elsewhere; `capacity`-based, so it is
+    /// what the allocator really gave out.
+    pub fn memory(&self) -> MemoryReport {
+        let o = &self.open;
+        let entry_bytes = o.e_contribution.capacity() * 4
+            + o.e_weight.capacity() * 4
+            + o.e_reward.capacity() * 8
+            + o.e_next.capacity() * 4;
+        let inference_bytes =
+            o.inf_lsn.capacity() * 8 + o.inf_pool.capacity() * 8 + o.inf_start.capacity() * 4;
+        MemoryReport {
+            open_entries: o.entries(),
+            open_inferences: o.inferences(),
+            open_entry_array_bytes: entry_bytes,
+            open_inference_array_bytes: inference_bytes,
+            inference_ids: self.inference_ids.len(),
+            inference_id_bytes: self.inference_ids.heap_bytes(),
+            name_bytes: self.accounts.heap_bytes()
+                + self.datanets.heap_bytes()
+                + self.contributions.heap_bytes()
+                + self.models.heap_bytes(),
+        }
+    }
+}
+
+/// What `Ledger::memory` measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryReport {
+    pub open_entries: usize,
+    pub open_inferences: usize,
+    pub open_entry_array_bytes: usize,
+    pub open_inference_array_bytes: usize,
+    pub inference_ids: usize,
+    pub inference_id_bytes: usize,
+    pub name_bytes: usize,
+}
+
+impl MemoryReport {
+    /// Engine array bytes (per-entry plus per-inference arrays of the open epoch) per entry.
+    pub fn bytes_per_open_entry(&self) -> f64 {
+        (self.open_entry_array_bytes + self.open_inference_array_bytes) as f64
+            / self.open_entries.max(1) as f64
+    }
+
+    pub fn bytes_per_inference_id(&self) -> f64 {
+        self.inference_id_bytes as f64 / self.inference_ids.max(1) as f64
+    }
+}

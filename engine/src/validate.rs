@@ -1,0 +1,553 @@
+//! Decides whether a batch is accepted, against the state plus the batch's own earlier events
+//! (ledger.md: each event sees those before it). Produces a `Plan` with every name resolved to
+//! its final dense id, so applying it cannot fail. Must never change the state.
+
+use std::borrow::Cow;
+
+use foldhash::fast::FixedState;
+use hashbrown::{HashMap, HashSet, HashTable};
+
+use crate::error::{Refusal, Rule};
+use crate::event::{Event, EventKind};
+use crate::fingerprint::fingerprint;
+use crate::id::{is_valid_id, parse_content_hash};
+use crate::settle::{Bps, BPS_SCALE, MAX_ENTRIES, MAX_FEE};
+use crate::state::{Ledger, MAX_OPEN_ENTRIES};
+use crate::weight::WEIGHT_SCALE;
+
+/// Most events in one batch (surface.md: at least 1,000,000 rows).
+pub const MAX_BATCH_EVENTS: usize = 1 << 20;
+/// Longest revocation reason, in bytes.
+pub const MAX_REASON_BYTES: usize = 1024;
+/// Inferences with up to this many entries check repeats pairwise; longer ones sort.
+const PAIRWISE_REPEAT_CHECK: usize = 16;
+
+type Map<K, V> = HashMap<K, V, FixedState>;
+
+/// One resolved event.
+pub(crate) enum Op {
+    Datanet {
+        owner: u32,
+    },
+    Contribution {
+        datanet: u32,
+        contributor: u32,
+        hash: [u8; 32],
+    },
+    Model {
+        owner: u32,
+        base: Option<u32>,
+        datanets: Vec<u32>,
+        lineage: Vec<u32>,
+    },
+    /// Its resolved contribution ids are the next `attributions.len()` of `Plan::entries`.
+    Inference {
+        model: u32,
+        fingerprint: u64,
+    },
+    Revocation {
+        contribution: u32,
+    },
+    Policy(Bps),
+    Settlement,
+}
+
+pub(crate) struct Plan<'a> {
+    pub ops: Vec<Op>,
+    /// Accounts first named in this batch, in the order of their new ids.
+    pub new_accounts: Vec<&'a str>,
+    /// Resolved contribution ids of every inference entry of the batch, in order.
+    pub entries: Vec<u32>,
+}
+
+/// Names created earlier in the same batch, with the ids they will get.
+struct Overlay<'a> {
+    names: Map<&'a str, u32>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new() -> Self {
+        Overlay {
+            names: Map::default(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, name: &str) -> Option<u32> {
+        if self.names.is_empty() {
+            return None;
+        }
+        self.names.get(name).copied()
+    }
+}
+
+pub(crate) struct Validator<'s, 'a> {
+    state: &'s Ledger,
+    accounts: Overlay<'a>,
+    new_accounts: Vec<&'a str>,
+    datanets: Overlay<'a>,
+    contributions: Overlay<'a>,
+    /// Datanet of each contribution created in this batch, by id - state's count.
+    new_contribution_datanet: Vec<u32>,
+    models: Overlay<'a>,
+    /// (base, lineage) of each model created in this batch.
+    new_models: Vec<(Option<u32>, Vec<u32>)>,
+    hashes: Map<[u8; 32], &'a str>,
+    /// Inference ids of this batch, keyed by their fingerprints.
+    inferences: HashTable<&'a str>,
+    revoked: HashSet<u32, FixedState>,
+    open_epoch: u64,
+    open_entries: u64,
+    total_fees: u64,
+    entries: Vec<u32>,
+    scratch: Vec<u32>,
+}
+
+impl<'s, 'a> Validator<'s, 'a> {
+    pub(crate) fn new(state: &'s Ledger) -> Self {
+        Validator {
+            state,
+            accounts: Overlay::new(),
+            new_accounts: Vec::new(),
+            datanets: Overlay::new(),
+            contributions: Overlay::new(),
+            new_contribution_datanet: Vec::new(),
+            models: Overlay::new(),
+            new_models: Vec::new(),
+            hashes: Map::default(),
+            inferences: HashTable::new(),
+            revoked: HashSet::default(),
+            open_epoch: state.open_epoch(),
+            open_entries: state.open.entries() as u64,
+            total_fees: state.total_fees,
+            entries: Vec::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn plan(self, events: &'a [Event]) -> Result<Plan<'a>, Refusal> {
+        let refs: Vec<&'a Event> = events.iter().collect();
+        self.plan_refs(&refs)
+    }
+
+    pub(crate) fn plan_refs(mut self, events: &[&'a Event]) -> Result<Plan<'a>, Refusal> {
+        if events.len() > MAX_BATCH_EVENTS {
+            let e = events[MAX_BATCH_EVENTS];
+            return Err(Refusal::new(
+                MAX_BATCH_EVENTS,
+                e.kind(),
+                "batch",
+                format!("{} events", events.len()),
+                Rule::BatchTooLarge {
+                    max: MAX_BATCH_EVENTS,
+                },
+            ));
+        }
+        let total_entries: usize = events
+            .iter()
+            .map(|e| match e {
+                Event::Inference(i) => i.attributions.len().min(MAX_ENTRIES + 1),
+                _ => 0,
+            })
+            .sum();
+        self.entries.reserve(total_entries);
+        let mut ops = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            ops.push(self.event(index, event)?);
+        }
+        Ok(Plan {
+            ops,
+            new_accounts: self.new_accounts,
+            entries: self.entries,
+        })
+    }
+
+    fn event(&mut self, index: usize, event: &'a Event) -> Result<Op, Refusal> {
+        let kind = event.kind();
+        let refuse = |field: &'static str, value: &dyn std::fmt::Display, rule: Rule| {
+            Refusal::new(index, kind, field, value, rule)
+        };
+        let id = |field: &'static str, value: &str| {
+            if is_valid_id(value) {
+                Ok(())
+            } else {
+                Err(refuse(field, &value, Rule::BadId))
+            }
+        };
+        match event {
+            Event::Datanet(d) => {
+                id("datanet", &d.datanet)?;
+                if self.datanet(&d.datanet).is_some() {
+                    return Err(refuse("datanet", &d.datanet, Rule::DuplicateDatanet));
+                }
+                id("owner", &d.owner)?;
+                let owner = self.account(&d.owner);
+                let new_id = (self.state.datanets.len() + self.datanets.names.len()) as u32;
+                self.datanets.names.insert(&d.datanet, new_id);
+                Ok(Op::Datanet { owner })
+            }
+            Event::Contribution(c) => {
+                id("contribution", &c.contribution)?;
+                if self.contribution(&c.contribution).is_some() {
+                    return Err(refuse(
+                        "contribution",
+                        &c.contribution,
+                        Rule::DuplicateContribution,
+                    ));
+                }
+                id("datanet", &c.datanet)?;
+                let Some(datanet) = self.datanet(&c.datanet) else {
+                    return Err(refuse("datanet", &c.datanet, Rule::UnknownDatanet));
+                };
+                id("contributor", &c.contributor)?;
+                let Some(hash) = parse_content_hash(&c.content_hash) else {
+                    return Err(refuse(
+                        "content_hash",
+                        &c.content_hash,
+                        Rule::BadContentHash,
+                    ));
+                };
+                if let Some(earlier) = self.content_owner(&hash) {
+                    let earlier = earlier.to_string();
+                    return Err(refuse(
+                        "content_hash",
+                        &c.content_hash,
+                        Rule::DuplicateContent { earlier },
+                    ));
+                }
+                let contributor = self.account(&c.contributor);
+                let new_id =
+                    (self.state.contributions.len() + self.new_contribution_datanet.len()) as u32;
+                self.contributions.names.insert(&c.contribution, new_id);
+                self.new_contribution_datanet.push(datanet);
+                self.hashes.insert(hash, &c.contribution);
+                Ok(Op::Contribution {
+                    datanet,
+                    contributor,
+                    hash,
+                })
+            }
+            Event::Model(m) => {
+                id("model", &m.model)?;
+                if self.model(&m.model).is_some() {
+                    return Err(refuse("model", &m.model, Rule::DuplicateModel));
+                }
+                id("owner", &m.owner)?;
+                let base = match &m.base_model {
+                    None => None,
+                    Some(b) => {
+                        id("base_model", b)?;
+                        let Some(base) = self.model(b) else {
+                            return Err(refuse("base_model", b, Rule::UnknownBaseModel));
+                        };
+                        if self.model_base(base).is_some() {
+                            return Err(refuse("base_model", b, Rule::AdapterOfAdapter));
+                        }
+                        Some(base)
+                    }
+                };
+                let mut datanets = Vec::with_capacity(m.datanets.len());
+                for (k, d) in m.datanets.iter().enumerate() {
+                    id("datanets", d).map_err(|r| r.at_entry(k))?;
+                    let Some(dn) = self.datanet(d) else {
+                        return Err(refuse("datanets", d, Rule::UnknownDatanet).at_entry(k));
+                    };
+                    if datanets.contains(&dn) {
+                        return Err(refuse("datanets", d, Rule::RepeatedDatanet).at_entry(k));
+                    }
+                    datanets.push(dn);
+                }
+                let mut lineage = datanets.clone();
+                if let Some(base) = base {
+                    lineage.extend_from_slice(&self.model_lineage(base));
+                }
+                lineage.sort_unstable();
+                lineage.dedup();
+                let owner = self.account(&m.owner);
+                let new_id = (self.state.models.len() + self.new_models.len()) as u32;
+                self.models.names.insert(&m.model, new_id);
+                self.new_models.push((base, lineage.clone()));
+                Ok(Op::Model {
+                    owner,
+                    base,
+                    datanets,
+                    lineage,
+                })
+            }
+            Event::Inference(inf) => self.inference(index, inf),
+            Event::Revocation(r) => {
+                id("contribution", &r.contribution)?;
+                let Some(c) = self.contribution(&r.contribution) else {
+                    return Err(refuse(
+                        "contribution",
+                        &r.contribution,
+                        Rule::UnknownContribution,
+                    ));
+                };
+                let already = self.state.revoked.get(c as usize).is_some_and(|&v| v == 1)
+                    || self.revoked.contains(&c);
+                if already {
+                    return Err(refuse(
+                        "contribution",
+                        &r.contribution,
+                        Rule::AlreadyRevoked,
+                    ));
+                }
+                if r.reason.len() > MAX_REASON_BYTES {
+                    return Err(refuse(
+                        "reason",
+                        &format!("{} bytes", r.reason.len()),
+                        Rule::ReasonTooLong,
+                    ));
+                }
+                self.revoked.insert(c);
+                Ok(Op::Revocation { contribution: c })
+            }
+            Event::Policy(p) => {
+                for (field, v) in [
+                    ("protocol_bps", p.protocol_bps),
+                    ("model_bps", p.model_bps),
+                    ("base_bps", p.base_bps),
+                ] {
+                    if v < 0 {
+                        return Err(refuse(field, &v, Rule::NegativeBps));
+                    }
+                }
+                let sum = p
+                    .protocol_bps
+                    .saturating_add(p.model_bps)
+                    .saturating_add(p.base_bps);
+                if sum > BPS_SCALE as i64 {
+                    return Err(refuse(
+                        "protocol_bps+model_bps+base_bps",
+                        &sum,
+                        Rule::BpsSumTooLarge,
+                    ));
+                }
+                Ok(Op::Policy(Bps {
+                    protocol: p.protocol_bps as u16,
+                    model: p.model_bps as u16,
+                    base: p.base_bps as u16,
+                }))
+            }
+            Event::Settlement(s) => {
+                if s.epoch != self.open_epoch {
+                    return Err(refuse(
+                        "epoch",
+                        &s.epoch,
+                        Rule::NotOpenEpoch {
+                            open: self.open_epoch,
+                        },
+                    ));
+                }
+                self.open_epoch += 1;
+                self.open_entries = 0;
+                Ok(Op::Settlement)
+            }
+        }
+    }
+
+    /// The hot path: most events are inferences.
+    fn inference(&mut self, index: usize, inf: &'a crate::event::Inference) -> Result<Op, Refusal> {
+        let refuse = |field: &'static str, value: &dyn std::fmt::Display, rule: Rule| {
+            Refusal::new(index, EventKind::Inference, field, value, rule)
+        };
+        if !is_valid_id(&inf.inference) {
+            return Err(refuse("inference", &inf.inference, Rule::BadId));
+        }
+        let fp = fingerprint(&inf.inference);
+        let lsn = self.state.last_lsn + 1 + index as u64;
+        if self.state.inference_ids.contains(fp)
+            && self.state.confirm_inference(&inf.inference, lsn)
+        {
+            return Err(refuse(
+                "inference",
+                &inf.inference,
+                Rule::DuplicateInference,
+            ));
+        }
+        if self.inferences.find(fp, |&s| s == inf.inference).is_some() {
+            return Err(refuse(
+                "inference",
+                &inf.inference,
+                Rule::DuplicateInference,
+            ));
+        }
+        let Some(model) = self.model(&inf.model) else {
+            let rule = if is_valid_id(&inf.model) {
+                Rule::UnknownModel
+            } else {
+                Rule::BadId
+            };
+            return Err(refuse("model", &inf.model, rule));
+        };
+        if !is_valid_id(&inf.consumer) {
+            return Err(refuse("consumer", &inf.consumer, Rule::BadId));
+        }
+        if !(0..=MAX_FEE).contains(&inf.fee) {
+            return Err(refuse("fee", &inf.fee, Rule::FeeOutOfRange));
+        }
+        let total_fees = self.total_fees + inf.fee as u64;
+        if total_fees > i64::MAX as u64 {
+            return Err(refuse("fee", &inf.fee, Rule::TotalOverflow));
+        }
+        let k = inf.attributions.len();
+        if k > MAX_ENTRIES {
+            return Err(refuse(
+                "attributions",
+                &format!("{k} entries"),
+                Rule::TooManyEntries,
+            ));
+        }
+        if self.open_entries + k as u64 > MAX_OPEN_ENTRIES {
+            return Err(refuse(
+                "attributions",
+                &format!("{k} entries"),
+                Rule::EpochFull,
+            ));
+        }
+        let lineage = self.model_lineage(model);
+        let start = self.entries.len();
+        for (j, a) in inf.attributions.iter().enumerate() {
+            let at = |r: Refusal| r.at_entry(j);
+            if a.weight > WEIGHT_SCALE {
+                let value = format!("{}:{}", a.contribution, a.weight);
+                return Err(at(refuse("attributions", &value, Rule::BadWeight)));
+            }
+            let Some(c) = self.contribution(&a.contribution) else {
+                let rule = if is_valid_id(&a.contribution) {
+                    Rule::UnknownContribution
+                } else {
+                    Rule::BadId
+                };
+                return Err(at(refuse("attributions", &a.contribution, rule)));
+            };
+            let datanet = self.contribution_datanet(c);
+            let inside = if lineage.len() <= 8 {
+                lineage.contains(&datanet)
+            } else {
+                lineage.binary_search(&datanet).is_ok()
+            };
+            if !inside {
+                return Err(at(refuse(
+                    "attributions",
+                    &a.contribution,
+                    Rule::OutsideLineage,
+                )));
+            }
+            self.entries.push(c);
+        }
+        if let Some(j) = self.first_repeat(start) {
+            let c = &inf.attributions[j].contribution;
+            return Err(refuse("attributions", c, Rule::RepeatedContribution).at_entry(j));
+        }
+        self.inferences
+            .insert_unique(fp, &inf.inference, |&s| fingerprint(s));
+        self.total_fees = total_fees;
+        self.open_entries += k as u64;
+        Ok(Op::Inference {
+            model,
+            fingerprint: fp,
+        })
+    }
+
+    /// Position (within the inference) of the first entry whose contribution appeared before.
+    fn first_repeat(&mut self, start: usize) -> Option<usize> {
+        let ids = &self.entries[start..];
+        if ids.len() <= PAIRWISE_REPEAT_CHECK {
+            return (1..ids.len()).find(|&j| ids[..j].contains(&ids[j]));
+        }
+        let scratch = &mut self.scratch;
+        scratch.clear();
+        scratch.extend_from_slice(ids);
+        scratch.sort_unstable();
+        if scratch.windows(2).all(|w| w[0] != w[1]) {
+            return None;
+        }
+        let mut seen = HashSet::<u32, FixedState>::default();
+        ids.iter().position(|c| !seen.insert(*c))
+    }
+
+    fn account(&mut self, name: &'a str) -> u32 {
+        if let Some(a) = self
+            .state
+            .accounts
+            .get(name)
+            .or_else(|| self.accounts.get(name))
+        {
+            return a;
+        }
+        let a = (self.state.accounts.len() + self.new_accounts.len()) as u32;
+        self.accounts.names.insert(name, a);
+        self.new_accounts.push(name);
+        a
+    }
+
+    fn datanet(&self, name: &str) -> Option<u32> {
+        self.state
+            .datanets
+            .get(name)
+            .or_else(|| self.datanets.get(name))
+    }
+
+    #[inline]
+    fn contribution(&self, name: &str) -> Option<u32> {
+        self.state
+            .contributions
+            .get(name)
+            .or_else(|| self.contributions.get(name))
+    }
+
+    #[inline]
+    fn contribution_datanet(&self, c: u32) -> u32 {
+        match self.state.contribution_rows.get(c as usize) {
+            Some(row) => row.datanet,
+            None => self.new_contribution_datanet[c as usize - self.state.contribution_rows.len()],
+        }
+    }
+
+    fn content_owner(&self, hash: &[u8; 32]) -> Option<&str> {
+        match self.state.content.get(hash) {
+            Some(&c) => Some(self.state.contributions.name(c)),
+            None => self.hashes.get(hash).copied(),
+        }
+    }
+
+    fn model(&self, name: &str) -> Option<u32> {
+        self.state
+            .models
+            .get(name)
+            .or_else(|| self.models.get(name))
+    }
+
+    fn model_base(&self, m: u32) -> Option<u32> {
+        match self.state.model_rows.get(m as usize) {
+            Some(row) => row.base,
+            None => self.new_models[m as usize - self.state.model_rows.len()].0,
+        }
+    }
+
+    /// Borrowed from the state (the common case) or copied from a model of this batch, so that
+    /// it does not hold a borrow of the validator.
+    fn model_lineage(&self, m: u32) -> Cow<'s, [u32]> {
+        let state: &'s Ledger = self.state;
+        match state.model_rows.get(m as usize) {
+            Some(row) => Cow::Borrowed(&row.lineage),
+            None => Cow::Owned(
+                self.new_models[m as usize - state.model_rows.len()]
+                    .1
+                    .clone(),
+            ),
+        }
+    }
+}
+
+impl Ledger {
+    /// A fingerprint hit: exact when a history is attached, conservatively "duplicate" if not.
+    pub(crate) fn confirm_inference(&self, inference: &str, lsn: u64) -> bool {
+        match &self.history {
+            Some(history) => history.accepted_before(inference, lsn),
+            None => true,
+        }
+    }
+}
