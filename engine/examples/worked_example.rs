@@ -17,10 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     ledger.apply(
         &[
-            Event::Datanet(Datanet {
-                datanet: "dn-a".into(),
-                owner: "ann".into(),
-            }),
+            Event::Datanet(Datanet { datanet: "dn-a".into(), owner: "ann".into() }),
             contribution("c1", "x", 1),
             contribution("c2", "y", 2),
             contribution("c3", "z", 3),
@@ -47,20 +44,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         scores: vec![("c1".into(), 0.9), ("c2".into(), 0.3), ("c3".into(), 0.3)],
     };
     ledger.apply(&[inference.into_event(0)?], 2)?;
-    let revocation = Revocation {
-        contribution: "c3".into(),
-        reason: "takedown".into(),
-    };
+    let revocation = Revocation { contribution: "c3".into(), reason: "takedown".into() };
     ledger.apply(&[Event::Revocation(revocation)], 3)?;
-    println!(
-        "{:<10} {:>7} {:>8} {:>8}",
-        "account", "earned", "settled", "pending"
-    );
+    println!("{:<10} {:>7} {:>8} {:>8}", "account", "earned", "settled", "pending");
     for b in ledger.balances() {
-        println!(
-            "{:<10} {:>7} {:>8} {:>8}",
-            b.account, b.earned, b.settled, b.pending
-        );
+        println!("{:<10} {:>7} {:>8} {:>8}", b.account, b.earned, b.settled, b.pending);
     }
     ledger.apply(&[Event::Settlement(Settlement { epoch: 1 })], 4)?;
     for s in ledger.settlements() {

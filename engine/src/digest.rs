@@ -50,30 +50,24 @@ impl Ledger {
         f.u64(self.datanet_rows.len() as u64);
         for (id, r) in self.datanet_rows.iter().enumerate() {
             f.str(self.datanets.name(id as u32));
-            for v in [
-                r.owner as u64,
-                r.lsn,
-                r.contributions,
-                r.attributions,
-                r.earned,
-            ] {
+            for v in [r.owner as u64, r.lsn, r.contributions, r.attributions, r.earned] {
                 f.u64(v);
             }
         }
         f.u64(self.contribution_rows.len() as u64);
-        for (id, r) in self.contribution_rows.iter().enumerate() {
+        for (id, (r, m)) in self.contribution_rows.iter().zip(&self.contribution_meta).enumerate() {
             f.str(self.contributions.name(id as u32));
             for v in [
                 r.datanet as u64,
                 r.contributor as u64,
-                r.lsn,
-                r.revoked_lsn,
+                m.lsn,
+                m.revoked_lsn,
                 r.inferences,
                 r.earned,
             ] {
                 f.u64(v);
             }
-            f.0.update(r.content_hash);
+            f.0.update(m.content_hash);
             f.u64(u64::from(self.revoked[id]));
         }
         f.u64(self.model_rows.len() as u64);
@@ -95,12 +89,7 @@ impl Ledger {
         }
         f.u64(self.policies.len() as u64);
         for p in &self.policies {
-            for v in [
-                p.lsn,
-                p.bps.protocol.into(),
-                p.bps.model.into(),
-                p.bps.base.into(),
-            ] {
+            for v in [p.lsn, p.bps.protocol.into(), p.bps.model.into(), p.bps.base.into()] {
                 f.u64(v);
             }
         }

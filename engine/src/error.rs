@@ -19,13 +19,7 @@ pub struct Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "event {} ({}): {}",
-            self.index,
-            self.kind.as_str(),
-            self.field
-        )?;
+        write!(f, "event {} ({}): {}", self.index, self.kind.as_str(), self.field)?;
         if let Some(entry) = self.entry {
             write!(f, "[{entry}]")?;
         }
@@ -41,14 +35,7 @@ impl Refusal {
         value: impl fmt::Display,
         rule: Rule,
     ) -> Self {
-        Refusal {
-            index,
-            kind,
-            field,
-            entry: None,
-            value: value.to_string(),
-            rule,
-        }
+        Refusal { index, kind, field, entry: None, value: value.to_string(), rule }
     }
 
     pub(crate) fn at_entry(mut self, entry: usize) -> Self {

@@ -145,10 +145,7 @@ impl ScoredInference {
             .scores
             .into_iter()
             .zip(weights)
-            .map(|((contribution, _), weight)| Attribution {
-                contribution,
-                weight,
-            })
+            .map(|((contribution, _), weight)| Attribution { contribution, weight })
             .collect();
         Ok(Event::Inference(Inference {
             inference: self.inference,

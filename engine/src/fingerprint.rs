@@ -29,10 +29,7 @@ pub(crate) struct FingerprintSet {
 
 impl FingerprintSet {
     pub(crate) fn new() -> Self {
-        FingerprintSet {
-            slots: vec![EMPTY; MIN_CAPACITY],
-            len: 0,
-        }
+        FingerprintSet { slots: vec![EMPTY; MIN_CAPACITY], len: 0 }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -47,6 +44,12 @@ impl FingerprintSet {
     fn home(&self, fp: u64) -> usize {
         // Maps the full 64-bit range onto 0..capacity without a division ("fastrange").
         ((u128::from(fp) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    /// Starts loading `fp`'s home slot (see `prefetch.rs`).
+    #[inline]
+    pub(crate) fn prefetch(&self, fp: u64) {
+        crate::prefetch::prefetch(&self.slots[self.home(fp)]);
     }
 
     #[inline]
@@ -113,10 +116,7 @@ mod tests {
         for i in 0..200_000u32 {
             assert!(set.insert(fingerprint(&format!("inf-{i}"))));
         }
-        assert!(
-            !set.insert(fingerprint("inf-7")),
-            "a second insert reports the duplicate"
-        );
+        assert!(!set.insert(fingerprint("inf-7")), "a second insert reports the duplicate");
         assert_eq!(set.len(), 200_000);
         for i in 0..200_000u32 {
             assert!(set.contains(fingerprint(&format!("inf-{i}"))));

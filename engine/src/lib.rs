@@ -10,6 +10,7 @@ pub mod id;
 mod intern;
 pub mod json;
 pub mod merkle;
+mod prefetch;
 mod read;
 mod replay;
 pub mod settle;

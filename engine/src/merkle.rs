@@ -33,11 +33,7 @@ pub fn leaf_data(account: &str, amount: u64) -> Vec<u8> {
 
 /// SHA-256(0x00 || data).
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    Sha256::new()
-        .chain_update([LEAF_PREFIX])
-        .chain_update(data)
-        .finalize()
-        .into()
+    Sha256::new().chain_update([LEAF_PREFIX]).chain_update(data).finalize().into()
 }
 
 /// SHA-256(0x01 || left || right).
@@ -69,11 +65,7 @@ pub fn payouts_root(payouts: &[(&str, u64)]) -> Hash {
             "payouts_root: accounts must be strictly increasing bytewise, got {prev:?} then {next:?}"
         );
     }
-    root_from_iter(
-        payouts
-            .iter()
-            .map(|&(account, amount)| leaf_hash(&leaf_data(account, amount))),
-    )
+    root_from_iter(payouts.iter().map(|&(account, amount)| leaf_hash(&leaf_data(account, amount))))
 }
 
 /// RFC 9162 §2.1.3.1 inclusion proof (audit path) for leaf `index` of `leaves` (leaf hashes). None when index >= len.
@@ -278,11 +270,7 @@ mod tests {
                 "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
             ],
         ),
-        (
-            2,
-            3,
-            &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-        ),
+        (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
         (
             1,
             5,
@@ -295,10 +283,7 @@ mod tests {
     ];
 
     fn vector_leaf_hashes() -> Vec<Hash> {
-        LEAF_INPUTS
-            .iter()
-            .map(|input| leaf_hash(&from_hex(input)))
-            .collect()
+        LEAF_INPUTS.iter().map(|input| leaf_hash(&from_hex(input))).collect()
     }
 
     #[test]
@@ -473,10 +458,7 @@ mod tests {
 
         for bit in [0, 7, 100, 255] {
             let bad = flip_bit(leaf, bit);
-            assert!(
-                !verify_inclusion(&bad, index, size, proof, root),
-                "leaf bit {bit}, {ctx}"
-            );
+            assert!(!verify_inclusion(&bad, index, size, proof, root), "leaf bit {bit}, {ctx}");
             let bad_root = flip_bit(root, bit);
             assert!(
                 !verify_inclusion(leaf, index, size, proof, &bad_root),
@@ -484,22 +466,13 @@ mod tests {
             );
         }
         for (j, other) in leaves.iter().enumerate().filter(|&(j, _)| j != i) {
-            assert!(
-                !verify_inclusion(other, index, size, proof, root),
-                "leaf {j}, {ctx}"
-            );
+            assert!(!verify_inclusion(other, index, size, proof, root), "leaf {j}, {ctx}");
         }
 
         for other in (0..n as u64 + 2).filter(|&j| j != index) {
-            assert!(
-                !verify_inclusion(leaf, other, size, proof, root),
-                "index {other}, {ctx}"
-            );
+            assert!(!verify_inclusion(leaf, other, size, proof, root), "index {other}, {ctx}");
         }
-        assert!(
-            !verify_inclusion(leaf, u64::MAX, size, proof, root),
-            "index max, {ctx}"
-        );
+        assert!(!verify_inclusion(leaf, u64::MAX, size, proof, root), "index max, {ctx}");
 
         // A different size is rejected unless its path to `i` has the very same
         // shape, which a proof cannot tell apart (see `verify_inclusion`); the
@@ -513,14 +486,8 @@ mod tests {
                 "size {other}, {ctx}"
             );
         }
-        assert!(
-            !verify_inclusion(leaf, index, u64::MAX, proof, root),
-            "size max, {ctx}"
-        );
-        assert!(
-            !verify_inclusion(leaf, index, 0, proof, root),
-            "size 0, {ctx}"
-        );
+        assert!(!verify_inclusion(leaf, index, u64::MAX, proof, root), "size max, {ctx}");
+        assert!(!verify_inclusion(leaf, index, 0, proof, root), "size 0, {ctx}");
 
         for k in 0..proof.len() {
             for bit in [0, 3, 131, 255] {
@@ -549,10 +516,7 @@ mod tests {
         for extra in [*root, *leaf, [0u8; 32]] {
             let mut appended = proof.to_vec();
             appended.push(extra);
-            assert!(
-                !verify_inclusion(leaf, index, size, &appended, root),
-                "appended, {ctx}"
-            );
+            assert!(!verify_inclusion(leaf, index, size, &appended, root), "appended, {ctx}");
             // Folding the extra element in would reach this root; only the
             // tree-height check stops a proof from claiming a larger tree.
             let taller_root = node_hash(&extra, root);
@@ -562,10 +526,7 @@ mod tests {
             );
             let mut prepended = vec![extra];
             prepended.extend_from_slice(proof);
-            assert!(
-                !verify_inclusion(leaf, index, size, &prepended, root),
-                "prepended, {ctx}"
-            );
+            assert!(!verify_inclusion(leaf, index, size, &prepended, root), "prepended, {ctx}");
         }
     }
 
@@ -625,13 +586,7 @@ mod tests {
         );
 
         let proof = inclusion_proof(&hand, 2).expect("index in range");
-        assert!(verify_inclusion(
-            &hand[2],
-            2,
-            3,
-            &proof,
-            &payouts_root(&payouts)
-        ));
+        assert!(verify_inclusion(&hand[2], 2, 3, &proof, &payouts_root(&payouts)));
     }
 
     #[test]
@@ -648,10 +603,7 @@ mod tests {
     fn payouts_root_accepts_bytewise_order_with_multibyte_accounts() {
         // "z" (0x7a) sorts before "é" (0xc3 0xa9) bytewise.
         let payouts = [("z", 1), ("é", 2)];
-        let expected = node_hash(
-            &leaf_hash(&leaf_data("z", 1)),
-            &leaf_hash(&leaf_data("é", 2)),
-        );
+        let expected = node_hash(&leaf_hash(&leaf_data("z", 1)), &leaf_hash(&leaf_data("é", 2)));
         assert_eq!(payouts_root(&payouts), expected);
     }
 

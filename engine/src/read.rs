@@ -108,17 +108,14 @@ pub struct OpenEntryView<'a> {
 
 impl Ledger {
     pub fn datanets(&self) -> impl Iterator<Item = DatanetView<'_>> {
-        self.datanet_rows
-            .iter()
-            .enumerate()
-            .map(|(id, r)| DatanetView {
-                datanet: self.datanets.name(id as u32),
-                owner: self.accounts.name(r.owner),
-                lsn: r.lsn,
-                contributions: r.contributions,
-                attributions: r.attributions,
-                earned: r.earned,
-            })
+        self.datanet_rows.iter().enumerate().map(|(id, r)| DatanetView {
+            datanet: self.datanets.name(id as u32),
+            owner: self.accounts.name(r.owner),
+            lsn: r.lsn,
+            contributions: r.contributions,
+            attributions: r.attributions,
+            earned: r.earned,
+        })
     }
 
     pub fn contributions(&self) -> impl Iterator<Item = ContributionView<'_>> {
@@ -126,20 +123,19 @@ impl Ledger {
     }
 
     pub fn contribution(&self, name: &str) -> Option<ContributionView<'_>> {
-        self.contributions
-            .get(name)
-            .map(|id| self.contribution_view(id))
+        self.contributions.get(name).map(|id| self.contribution_view(id))
     }
 
     fn contribution_view(&self, id: u32) -> ContributionView<'_> {
         let r = &self.contribution_rows[id as usize];
+        let meta = &self.contribution_meta[id as usize];
         ContributionView {
             contribution: self.contributions.name(id),
             datanet: self.datanets.name(r.datanet),
             contributor: self.accounts.name(r.contributor),
-            content_hash: r.content_hash,
-            lsn: r.lsn,
-            revoked_lsn: (r.revoked_lsn != 0).then_some(r.revoked_lsn),
+            content_hash: meta.content_hash,
+            lsn: meta.lsn,
+            revoked_lsn: (meta.revoked_lsn != 0).then_some(meta.revoked_lsn),
             inferences: r.inferences,
             earned: r.earned,
         }
@@ -201,10 +197,7 @@ impl Ledger {
 
     /// Rewards per (epoch, account, role), amount > 0: closed epochs first, then the open one.
     pub fn rewards(&self) -> impl Iterator<Item = RewardView<'_>> {
-        let closed = self
-            .epochs
-            .iter()
-            .filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c)));
+        let closed = self.epochs.iter().filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c)));
         let closed = closed.flat_map(move |(epoch, c)| {
             c.rewards.iter().map(move |&(a, role, amount)| RewardView {
                 epoch,
@@ -214,30 +207,22 @@ impl Ledger {
             })
         });
         let open_epoch = self.open_epoch();
-        let open = self
-            .open
-            .rewards
-            .iter()
-            .enumerate()
-            .flat_map(move |(a, roles)| {
-                Role::ALL
-                    .into_iter()
-                    .filter(move |&r| roles[r as usize] > 0)
-                    .map(move |role| RewardView {
-                        epoch: open_epoch,
-                        account: self.accounts.name(a as u32),
-                        role,
-                        amount: roles[role as usize],
-                    })
-            });
+        let open = self.open.rewards.iter().enumerate().flat_map(move |(a, roles)| {
+            Role::ALL.into_iter().filter(move |&r| roles[r as usize] > 0).map(move |role| {
+                RewardView {
+                    epoch: open_epoch,
+                    account: self.accounts.name(a as u32),
+                    role,
+                    amount: roles[role as usize],
+                }
+            })
+        });
         closed.chain(open)
     }
 
     /// One row per account that has earned anything.
     pub fn balances(&self) -> impl Iterator<Item = BalanceView<'_>> {
-        (0..self.accounts.len() as u32)
-            .filter_map(|a| self.balance_of(a))
-            .filter(|b| b.earned > 0)
+        (0..self.accounts.len() as u32).filter_map(|a| self.balance_of(a)).filter(|b| b.earned > 0)
     }
 
     /// A point lookup; `None` for an unknown account.
@@ -258,16 +243,15 @@ impl Ledger {
 
     /// Payout sets of closed epochs, each in Merkle leaf order.
     pub fn payouts(&self) -> impl Iterator<Item = PayoutView<'_>> {
-        self.epochs
-            .iter()
-            .filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c)))
-            .flat_map(move |(epoch, c)| {
+        self.epochs.iter().filter_map(|e| e.closed.as_ref().map(|c| (e.epoch, c))).flat_map(
+            move |(epoch, c)| {
                 c.payouts.iter().map(move |&(a, amount)| PayoutView {
                     epoch,
                     account: self.accounts.name(a),
                     amount,
                 })
-            })
+            },
+        )
     }
 
     /// The open epoch's entries, in log order.
@@ -279,9 +263,7 @@ impl Ledger {
                 OpenEntryView {
                     inference_lsn: o.inf_lsn[i],
                     contribution: self.contributions.name(c),
-                    contributor: self
-                        .accounts
-                        .name(self.contribution_rows[c as usize].contributor),
+                    contributor: self.accounts.name(self.contribution_rows[c as usize].contributor),
                     weight: o.e_weight[e],
                     reward: o.e_reward[e],
                 }

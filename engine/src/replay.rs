@@ -3,6 +3,8 @@
 //! a batch backend (CPU in parallel, or GPU) under the revocations in force at its close. The
 //! result must equal the incrementally maintained state bit for bit (`Ledger::digest`).
 
+use std::borrow::Borrow;
+
 use crate::error::ReplayError;
 use crate::event::{Event, LoggedEvent};
 use crate::settle::BatchSettler;
@@ -12,29 +14,35 @@ use crate::state::{Ledger, Settling};
 const REPLAY_CHUNK: usize = 8192;
 
 /// Rebuilds a ledger from its log. The events must be the whole log from lsn 1, in order.
-pub fn replay(
-    events: impl IntoIterator<Item = LoggedEvent>,
-    settler: &dyn BatchSettler,
-) -> Result<Ledger, ReplayError> {
+/// Takes owned events or references.
+pub fn replay<I>(events: I, settler: &dyn BatchSettler) -> Result<Ledger, ReplayError>
+where
+    I: IntoIterator,
+    I::Item: Borrow<LoggedEvent>,
+{
     let mut ledger = Ledger::new();
     ledger.settling = Settling::Deferred;
-    let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
-    for event in events {
-        if matches!(event.event, Event::Settlement(_)) {
-            ledger.apply_logged(&chunk)?;
-            chunk.clear();
+    let mut chunk: Vec<I::Item> = Vec::with_capacity(REPLAY_CHUNK);
+    let flush = |ledger: &mut Ledger, chunk: &mut Vec<I::Item>| {
+        let refs: Vec<&LoggedEvent> = chunk.iter().map(Borrow::borrow).collect();
+        let result = ledger.apply_logged_refs(&refs);
+        chunk.clear();
+        result
+    };
+    for item in events {
+        if matches!(item.borrow().event, Event::Settlement(_)) {
+            flush(&mut ledger, &mut chunk)?;
             ledger.settle_deferred(settler)?;
-            ledger.apply_logged(std::slice::from_ref(&event))?;
+            ledger.apply_logged_refs(&[item.borrow()])?;
             ledger.settling = Settling::Deferred;
             continue;
         }
-        chunk.push(event);
+        chunk.push(item);
         if chunk.len() == REPLAY_CHUNK {
-            ledger.apply_logged(&chunk)?;
-            chunk.clear();
+            flush(&mut ledger, &mut chunk)?;
         }
     }
-    ledger.apply_logged(&chunk)?;
+    flush(&mut ledger, &mut chunk)?;
     ledger.settle_deferred(settler)?;
     Ok(ledger)
 }

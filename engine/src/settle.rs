@@ -23,11 +23,7 @@ pub struct Bps {
 
 impl Bps {
     /// The split before any policy event (ledger.md "Policy").
-    pub const DEFAULT: Bps = Bps {
-        protocol: 1000,
-        model: 2000,
-        base: 1000,
-    };
+    pub const DEFAULT: Bps = Bps { protocol: 1000, model: 2000, base: 1000 };
 
     pub fn contributors(self) -> u16 {
         let sum = self.protocol + self.model + self.base;
@@ -50,24 +46,13 @@ pub struct Split {
 
 /// settlement.md §2.
 pub fn split_fee(fee: u64, bps: Bps, adapter: bool) -> Split {
-    assert!(
-        fee <= MAX_FEE as u64,
-        "fee {fee} above 2^40 reached settlement"
-    );
+    assert!(fee <= MAX_FEE as u64, "fee {fee} above 2^40 reached settlement");
     let part = |b: u16| fee * u64::from(b) / BPS_SCALE;
     let protocol = part(bps.protocol);
-    let (model, base) = if adapter {
-        (part(bps.model), part(bps.base))
-    } else {
-        (part(bps.model + bps.base), 0)
-    };
+    let (model, base) =
+        if adapter { (part(bps.model), part(bps.base)) } else { (part(bps.model + bps.base), 0) };
     let pool = fee - protocol - model - base;
-    Split {
-        protocol,
-        model,
-        base,
-        pool,
-    }
+    Split { protocol, model, base, pool }
 }
 
 /// settlement.md §3 for one inference: divides `pool` among the valid entries (`valid(i)`
@@ -99,11 +84,7 @@ pub fn divide_pool(
     };
     let mut given: u64 = 0;
     for (i, &w) in weights.iter().enumerate() {
-        let share = if w > 0 && valid(i) {
-            pool * u64::from(w) / total
-        } else {
-            0
-        };
+        let share = if w > 0 && valid(i) { pool * u64::from(w) / total } else { 0 };
         rewards[i] = share;
         given += share;
     }
@@ -144,18 +125,11 @@ impl SettleInput<'_> {
         if self.entry_start[n] as usize != m || self.contribution.len() != m {
             return fail("entry arrays disagree in length");
         }
-        if self
-            .entry_start
-            .windows(2)
-            .any(|w| w[0] > w[1] || (w[1] - w[0]) as usize > MAX_ENTRIES)
+        if self.entry_start.windows(2).any(|w| w[0] > w[1] || (w[1] - w[0]) as usize > MAX_ENTRIES)
         {
             return fail("entry_start must be non-decreasing with at most 1024 entries each");
         }
-        if self
-            .contribution
-            .iter()
-            .any(|&c| c as usize >= self.revoked.len())
-        {
+        if self.contribution.iter().any(|&c| c as usize >= self.revoked.len()) {
             return fail("a contribution id is outside the revoked table");
         }
         if self.weight.iter().any(|&w| w > crate::weight::WEIGHT_SCALE) {
@@ -218,25 +192,20 @@ impl BatchSettler for CpuSettler {
             unassigned = u_rest;
             first = last;
         }
-        tasks
-            .into_par_iter()
-            .for_each(|(first, reward, unassigned)| {
-                let base = input.entry_start[first] as usize;
-                for (k, slot) in unassigned.iter_mut().enumerate() {
-                    let i = first + k;
-                    let (s, e) = (
-                        input.entry_start[i] as usize,
-                        input.entry_start[i + 1] as usize,
-                    );
-                    let contribution = &input.contribution[s..e];
-                    *slot = divide_pool(
-                        input.pool[i],
-                        &input.weight[s..e],
-                        |j| input.revoked[contribution[j] as usize] == 0,
-                        &mut reward[s - base..e - base],
-                    );
-                }
-            });
+        tasks.into_par_iter().for_each(|(first, reward, unassigned)| {
+            let base = input.entry_start[first] as usize;
+            for (k, slot) in unassigned.iter_mut().enumerate() {
+                let i = first + k;
+                let (s, e) = (input.entry_start[i] as usize, input.entry_start[i + 1] as usize);
+                let contribution = &input.contribution[s..e];
+                *slot = divide_pool(
+                    input.pool[i],
+                    &input.weight[s..e],
+                    |j| input.revoked[contribution[j] as usize] == 0,
+                    &mut reward[s - base..e - base],
+                );
+            }
+        });
         Ok(())
     }
 }
@@ -249,15 +218,7 @@ mod tests {
     fn worked_example_split_and_pool() {
         // settlement.md §5.
         let split = split_fee(1001, Bps::DEFAULT, true);
-        assert_eq!(
-            split,
-            Split {
-                protocol: 100,
-                model: 200,
-                base: 100,
-                pool: 601
-            }
-        );
+        assert_eq!(split, Split { protocol: 100, model: 200, base: 100, pool: 601 });
         let weights = [1_000_000, 333_333, 333_333];
         let mut rewards = [0; 3];
         let to_protocol = divide_pool(601, &weights, |i| i != 2, &mut rewards);
@@ -268,15 +229,7 @@ mod tests {
     #[test]
     fn base_model_takes_model_and_base_bps() {
         let split = split_fee(1001, Bps::DEFAULT, false);
-        assert_eq!(
-            split,
-            Split {
-                protocol: 100,
-                model: 300,
-                base: 0,
-                pool: 601
-            }
-        );
+        assert_eq!(split, Split { protocol: 100, model: 300, base: 0, pool: 601 });
     }
 
     #[test]
@@ -313,13 +266,7 @@ mod tests {
         let mut reward = [0u64; 5];
         let mut unassigned = [0u64; 3];
         CpuSettler
-            .settle(
-                &input,
-                SettleOutput {
-                    reward: &mut reward,
-                    unassigned: &mut unassigned,
-                },
-            )
+            .settle(&input, SettleOutput { reward: &mut reward, unassigned: &mut unassigned })
             .unwrap();
         assert_eq!(reward, [451, 150, 0, 0, 0]);
         assert_eq!(unassigned, [0, 9, 1000]);
@@ -336,10 +283,7 @@ mod tests {
         };
         let mut reward = [0u64; 2];
         let mut unassigned = [0u64; 1];
-        let out = SettleOutput {
-            reward: &mut reward,
-            unassigned: &mut unassigned,
-        };
+        let out = SettleOutput { reward: &mut reward, unassigned: &mut unassigned };
         assert!(CpuSettler.settle(&input, out).is_err());
     }
 }

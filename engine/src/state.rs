@@ -16,7 +16,7 @@ use crate::fingerprint::FingerprintSet;
 use crate::intern::Interner;
 use crate::merkle;
 use crate::settle::{divide_pool, split_fee, BatchSettler, Bps, SettleInput, SettleOutput};
-use crate::validate::{Op, Plan, Validator};
+use crate::validate::{Op, Plan, Validator, LOOKAHEAD};
 
 /// Account id of `$protocol`: interned first, in every ledger.
 pub(crate) const PROTOCOL: u32 = 0;
@@ -35,12 +35,7 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [
-        Role::Protocol,
-        Role::Model,
-        Role::BaseModel,
-        Role::Contributor,
-    ];
+    pub const ALL: [Role; 4] = [Role::Protocol, Role::Model, Role::BaseModel, Role::Contributor];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,15 +73,23 @@ pub(crate) struct DatanetRow {
     pub earned: u64,
 }
 
+/// What applying an attribution entry touches, in 32 bytes (two rows per cache line); the
+/// rest is in `ContributionMeta`.
 #[derive(Debug, Clone)]
 pub(crate) struct ContributionRow {
     pub datanet: u32,
     pub contributor: u32,
+    /// First entry of this contribution's chain in the open epoch (`NONE` if none).
+    pub head: u32,
+    pub inferences: u64,
+    pub earned: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ContributionMeta {
     pub lsn: u64,
     /// 0 while not revoked (no event has lsn 0).
     pub revoked_lsn: u64,
-    pub inferences: u64,
-    pub earned: u64,
     pub content_hash: [u8; 32],
 }
 
@@ -152,8 +155,6 @@ pub(crate) struct OpenEpoch {
     /// Next entry of the same contribution in this epoch (the contribution → entries index
     /// that revocation walks), `NONE` at the end.
     pub e_next: Vec<u32>,
-    /// Per contribution: first entry of its chain.
-    pub head: Vec<u32>,
     /// Per account: credits of this epoch by role.
     pub rewards: Vec<[u64; 4]>,
 }
@@ -179,16 +180,11 @@ impl OpenEpoch {
         for v in [&mut self.inf_lsn, &mut self.inf_pool, &mut self.e_reward] {
             v.clear();
         }
-        for v in [
-            &mut self.e_contribution,
-            &mut self.e_weight,
-            &mut self.e_next,
-        ] {
+        for v in [&mut self.e_contribution, &mut self.e_weight, &mut self.e_next] {
             v.clear();
         }
         self.inf_start.clear();
         self.inf_start.push(0);
-        self.head.fill(NONE);
         self.rewards.fill([0; 4]);
     }
 }
@@ -216,6 +212,7 @@ pub struct Ledger {
     pub(crate) datanet_rows: Vec<DatanetRow>,
     pub(crate) contributions: Interner,
     pub(crate) contribution_rows: Vec<ContributionRow>,
+    pub(crate) contribution_meta: Vec<ContributionMeta>,
     /// Per contribution, 1 when revoked: the array batch backends read.
     pub(crate) revoked: Vec<u8>,
     pub(crate) content: hashbrown::HashMap<[u8; 32], u32, foldhash::fast::FixedState>,
@@ -265,6 +262,7 @@ impl Ledger {
             datanet_rows: Vec::new(),
             contributions: Interner::new(),
             contribution_rows: Vec::new(),
+            contribution_meta: Vec::new(),
             revoked: Vec::new(),
             content: Default::default(),
             models: Interner::new(),
@@ -316,33 +314,27 @@ impl Ledger {
         let plan = Validator::new(self).plan(events)?;
         let first_lsn = self.last_lsn + 1;
         self.apply_plan(events, plan, |_| ts);
-        Ok(Applied {
-            first_lsn,
-            last_lsn: self.last_lsn,
-            ts: self.last_ts,
-        })
+        Ok(Applied { first_lsn, last_lsn: self.last_lsn, ts: self.last_ts })
     }
 
     /// Applies logged events that were accepted before (replay, followers): their lsns must
     /// continue this state's exactly.
     pub fn apply_logged(&mut self, events: &[LoggedEvent]) -> Result<(), ReplayError> {
+        let refs: Vec<&LoggedEvent> = events.iter().collect();
+        self.apply_logged_refs(&refs)
+    }
+
+    pub(crate) fn apply_logged_refs(&mut self, events: &[&LoggedEvent]) -> Result<(), ReplayError> {
         for (k, e) in events.iter().enumerate() {
             let expected = self.last_lsn + 1 + k as u64;
             if e.lsn != expected {
-                return Err(ReplayError::Gap {
-                    expected,
-                    found: e.lsn,
-                });
+                return Err(ReplayError::Gap { expected, found: e.lsn });
             }
         }
         let owned: Vec<&Event> = events.iter().map(|e| &e.event).collect();
-        let plan =
-            Validator::new(self)
-                .plan_refs(&owned)
-                .map_err(|refusal| ReplayError::Refused {
-                    lsn: self.last_lsn + 1 + refusal.index as u64,
-                    refusal,
-                })?;
+        let plan = Validator::new(self).plan_refs(&owned).map_err(|refusal| {
+            ReplayError::Refused { lsn: self.last_lsn + 1 + refusal.index as u64, refusal }
+        })?;
         self.apply_plan_refs(&owned, plan, |i| events[i].ts);
         Ok(())
     }
@@ -360,11 +352,7 @@ impl Ledger {
             self.open.rewards.push([0; 4]);
         }
         let open_entries = self.open.entries() + plan.entries.len();
-        for v in [
-            &mut self.open.e_contribution,
-            &mut self.open.e_weight,
-            &mut self.open.e_next,
-        ] {
+        for v in [&mut self.open.e_contribution, &mut self.open.e_weight, &mut self.open.e_next] {
             reserve_gently(v, open_entries);
         }
         reserve_gently(&mut self.open.e_reward, open_entries);
@@ -384,38 +372,25 @@ impl Ledger {
                         earned: 0,
                     });
                 }
-                (
-                    Event::Contribution(c),
-                    Op::Contribution {
-                        datanet,
-                        contributor,
-                        hash,
-                    },
-                ) => {
-                    let id = self.contributions.push(&c.contribution);
+                (Event::Contribution(c), Op::Contribution { datanet, contributor, hash }) => {
+                    let id = self.contributions.push_with_payload(&c.contribution, datanet);
                     self.contribution_rows.push(ContributionRow {
                         datanet,
                         contributor,
-                        lsn,
-                        revoked_lsn: 0,
+                        head: NONE,
                         inferences: 0,
                         earned: 0,
+                    });
+                    self.contribution_meta.push(ContributionMeta {
+                        lsn,
+                        revoked_lsn: 0,
                         content_hash: hash,
                     });
                     self.revoked.push(0);
-                    self.open.head.push(NONE);
                     self.content.insert(hash, id);
                     self.datanet_rows[datanet as usize].contributions += 1;
                 }
-                (
-                    Event::Model(m),
-                    Op::Model {
-                        owner,
-                        base,
-                        datanets,
-                        lineage,
-                    },
-                ) => {
+                (Event::Model(m), Op::Model { owner, base, datanets, lineage }) => {
                     self.models.push(&m.model);
                     self.model_rows.push(ModelRow {
                         owner,
@@ -430,6 +405,13 @@ impl Ledger {
                 (Event::Inference(inf), Op::Inference { model, fingerprint }) => {
                     let (resolved, rest) = entries.split_at(inf.attributions.len());
                     entries = rest;
+                    // Rows of the next entries, for the same reason as in validation. A
+                    // contribution created later in this batch has no row yet: skip it.
+                    for &c in &rest[..rest.len().min(LOOKAHEAD)] {
+                        if let Some(row) = self.contribution_rows.get(c as usize) {
+                            crate::prefetch::prefetch(row);
+                        }
+                    }
                     self.apply_inference(lsn, inf, model, resolved);
                     self.inference_ids.insert(fingerprint);
                 }
@@ -484,9 +466,9 @@ impl Ledger {
             open.e_contribution.push(c);
             open.e_weight.push(a.weight);
             open.e_reward.push(0);
-            open.e_next.push(open.head[c as usize]);
-            open.head[c as usize] = entry;
             let crow = &mut self.contribution_rows[c as usize];
+            open.e_next.push(crow.head);
+            crow.head = entry;
             crow.inferences += 1;
             self.datanet_rows[crow.datanet as usize].attributions += 1;
         }
@@ -533,7 +515,7 @@ impl Ledger {
     fn apply_revocation(&mut self, lsn: u64, ts: i64, r: &crate::event::Revocation, c: u32) {
         debug_assert_eq!(self.revoked[c as usize], 0);
         self.revoked[c as usize] = 1;
-        self.contribution_rows[c as usize].revoked_lsn = lsn;
+        self.contribution_meta[c as usize].revoked_lsn = lsn;
         self.revocations.push(RevocationRow {
             contribution: c,
             reason: r.reason.as_str().into(),
@@ -543,7 +525,7 @@ impl Ledger {
         if self.settling == Settling::Deferred {
             return;
         }
-        let mut entry = self.open.head[c as usize];
+        let mut entry = self.contribution_rows[c as usize].head;
         while entry != NONE {
             let inference = self.open.inference_of_entry(entry as usize);
             self.resettle(inference);
@@ -584,11 +566,7 @@ impl Ledger {
     /// Closes the open epoch at `lsn`: freezes its rewards, computes payouts and their Merkle
     /// root (settlement.md §6), moves them to `settled`, and opens the next epoch.
     fn close_epoch(&mut self, lsn: u64, ts: i64) {
-        assert_eq!(
-            self.settling,
-            Settling::Incremental,
-            "deferred pools must be settled first"
-        );
+        assert_eq!(self.settling, Settling::Incremental, "deferred pools must be settled first");
         let mut payouts = Vec::new();
         let mut rewards = Vec::new();
         for (account, roles) in self.open.rewards.iter().enumerate() {
@@ -605,15 +583,10 @@ impl Ledger {
         }
         let accounts = &self.accounts;
         payouts.sort_unstable_by(|a, b| {
-            accounts
-                .name(a.0)
-                .as_bytes()
-                .cmp(accounts.name(b.0).as_bytes())
+            accounts.name(a.0).as_bytes().cmp(accounts.name(b.0).as_bytes())
         });
-        let leaves: Vec<(&str, u64)> = payouts
-            .iter()
-            .map(|&(a, v)| (accounts.name(a), v))
-            .collect();
+        let leaves: Vec<(&str, u64)> =
+            payouts.iter().map(|&(a, v)| (accounts.name(a), v)).collect();
         let payouts_root = merkle::payouts_root(&leaves);
         let paid: u64 = payouts.iter().map(|p| p.1).sum();
         for &(account, amount) in &payouts {
@@ -621,18 +594,8 @@ impl Ledger {
         }
         let epoch = self.epochs.last_mut().expect("open epoch");
         // Conservation (ledger.md invariant 1), checked on every close.
-        assert_eq!(
-            paid, epoch.fees,
-            "epoch {} payouts differ from its fees",
-            epoch.epoch
-        );
-        epoch.closed = Some(ClosedEpoch {
-            lsn,
-            ts,
-            payouts,
-            rewards,
-            payouts_root,
-        });
+        assert_eq!(paid, epoch.fees, "epoch {} payouts differ from its fees", epoch.epoch);
+        epoch.closed = Some(ClosedEpoch { lsn, ts, payouts, rewards, payouts_root });
         let next = epoch.epoch + 1;
         self.epochs.push(EpochRow {
             epoch: next,
@@ -642,6 +605,9 @@ impl Ledger {
             closed: None,
         });
         self.open.reset();
+        for row in &mut self.contribution_rows {
+            row.head = NONE;
+        }
     }
 
     /// Divides every pool of the open epoch with a batch backend, under the revocations in
@@ -665,10 +631,7 @@ impl Ledger {
         settler
             .settle(
                 &input,
-                SettleOutput {
-                    reward: &mut open.e_reward,
-                    unassigned: &mut unassigned,
-                },
+                SettleOutput { reward: &mut open.e_reward, unassigned: &mut unassigned },
             )
             .map_err(|e| ReplayError::Settler(format!("{}: {e}", settler.name())))?;
         let to_protocol: u64 = unassigned.iter().sum();

@@ -11,6 +11,7 @@ use crate::error::{Refusal, Rule};
 use crate::event::{Event, EventKind};
 use crate::fingerprint::fingerprint;
 use crate::id::{is_valid_id, parse_content_hash};
+use crate::intern::NameHash;
 use crate::settle::{Bps, BPS_SCALE, MAX_ENTRIES, MAX_FEE};
 use crate::state::{Ledger, MAX_OPEN_ENTRIES};
 use crate::weight::WEIGHT_SCALE;
@@ -21,6 +22,8 @@ pub const MAX_BATCH_EVENTS: usize = 1 << 20;
 pub const MAX_REASON_BYTES: usize = 1024;
 /// Inferences with up to this many entries check repeats pairwise; longer ones sort.
 const PAIRWISE_REPEAT_CHECK: usize = 16;
+/// How many attribution entries ahead validation asks for cache lines.
+pub(crate) const LOOKAHEAD: usize = 16;
 
 type Map<K, V> = HashMap<K, V, FixedState>;
 
@@ -67,9 +70,7 @@ struct Overlay<'a> {
 
 impl<'a> Overlay<'a> {
     fn new() -> Self {
-        Overlay {
-            names: Map::default(),
-        }
+        Overlay { names: Map::default() }
     }
 
     #[inline]
@@ -101,6 +102,12 @@ pub(crate) struct Validator<'s, 'a> {
     total_fees: u64,
     entries: Vec<u32>,
     scratch: Vec<u32>,
+    /// Name hashes of every attribution entry of the batch, fingerprints of every inference,
+    /// and how far the validation has used them.
+    name_hashes: Vec<NameHash>,
+    fingerprints: Vec<u64>,
+    hash_cursor: usize,
+    fp_cursor: usize,
 }
 
 impl<'s, 'a> Validator<'s, 'a> {
@@ -122,6 +129,10 @@ impl<'s, 'a> Validator<'s, 'a> {
             total_fees: state.total_fees,
             entries: Vec::new(),
             scratch: Vec::new(),
+            name_hashes: Vec::new(),
+            fingerprints: Vec::new(),
+            hash_cursor: 0,
+            fp_cursor: 0,
         }
     }
 
@@ -138,28 +149,30 @@ impl<'s, 'a> Validator<'s, 'a> {
                 e.kind(),
                 "batch",
                 format!("{} events", events.len()),
-                Rule::BatchTooLarge {
-                    max: MAX_BATCH_EVENTS,
-                },
+                Rule::BatchTooLarge { max: MAX_BATCH_EVENTS },
             ));
         }
-        let total_entries: usize = events
-            .iter()
-            .map(|e| match e {
-                Event::Inference(i) => i.attributions.len().min(MAX_ENTRIES + 1),
-                _ => 0,
-            })
-            .sum();
-        self.entries.reserve(total_entries);
+        // Hash every name and id the hot path will look up, so that each inference can ask for
+        // the cache lines of the ones after it while it works (see `inference`).
+        let mut inferences = 0;
+        for e in events {
+            if let Event::Inference(i) = e {
+                inferences += 1;
+                self.fingerprints.push(fingerprint(&i.inference));
+                for a in i.attributions.iter().take(MAX_ENTRIES + 1) {
+                    self.name_hashes.push(NameHash::of(&a.contribution));
+                }
+            }
+        }
+        self.entries.reserve(self.name_hashes.len());
+        if inferences > 1 {
+            self.inferences.reserve(inferences, |&s| fingerprint(s));
+        }
         let mut ops = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             ops.push(self.event(index, event)?);
         }
-        Ok(Plan {
-            ops,
-            new_accounts: self.new_accounts,
-            entries: self.entries,
-        })
+        Ok(Plan { ops, new_accounts: self.new_accounts, entries: self.entries })
     }
 
     fn event(&mut self, index: usize, event: &'a Event) -> Result<Op, Refusal> {
@@ -201,11 +214,7 @@ impl<'s, 'a> Validator<'s, 'a> {
                 };
                 id("contributor", &c.contributor)?;
                 let Some(hash) = parse_content_hash(&c.content_hash) else {
-                    return Err(refuse(
-                        "content_hash",
-                        &c.content_hash,
-                        Rule::BadContentHash,
-                    ));
+                    return Err(refuse("content_hash", &c.content_hash, Rule::BadContentHash));
                 };
                 if let Some(earlier) = self.content_owner(&hash) {
                     let earlier = earlier.to_string();
@@ -221,11 +230,7 @@ impl<'s, 'a> Validator<'s, 'a> {
                 self.contributions.names.insert(&c.contribution, new_id);
                 self.new_contribution_datanet.push(datanet);
                 self.hashes.insert(hash, &c.contribution);
-                Ok(Op::Contribution {
-                    datanet,
-                    contributor,
-                    hash,
-                })
+                Ok(Op::Contribution { datanet, contributor, hash })
             }
             Event::Model(m) => {
                 id("model", &m.model)?;
@@ -267,31 +272,18 @@ impl<'s, 'a> Validator<'s, 'a> {
                 let new_id = (self.state.models.len() + self.new_models.len()) as u32;
                 self.models.names.insert(&m.model, new_id);
                 self.new_models.push((base, lineage.clone()));
-                Ok(Op::Model {
-                    owner,
-                    base,
-                    datanets,
-                    lineage,
-                })
+                Ok(Op::Model { owner, base, datanets, lineage })
             }
             Event::Inference(inf) => self.inference(index, inf),
             Event::Revocation(r) => {
                 id("contribution", &r.contribution)?;
                 let Some(c) = self.contribution(&r.contribution) else {
-                    return Err(refuse(
-                        "contribution",
-                        &r.contribution,
-                        Rule::UnknownContribution,
-                    ));
+                    return Err(refuse("contribution", &r.contribution, Rule::UnknownContribution));
                 };
                 let already = self.state.revoked.get(c as usize).is_some_and(|&v| v == 1)
                     || self.revoked.contains(&c);
                 if already {
-                    return Err(refuse(
-                        "contribution",
-                        &r.contribution,
-                        Rule::AlreadyRevoked,
-                    ));
+                    return Err(refuse("contribution", &r.contribution, Rule::AlreadyRevoked));
                 }
                 if r.reason.len() > MAX_REASON_BYTES {
                     return Err(refuse(
@@ -313,10 +305,7 @@ impl<'s, 'a> Validator<'s, 'a> {
                         return Err(refuse(field, &v, Rule::NegativeBps));
                     }
                 }
-                let sum = p
-                    .protocol_bps
-                    .saturating_add(p.model_bps)
-                    .saturating_add(p.base_bps);
+                let sum = p.protocol_bps.saturating_add(p.model_bps).saturating_add(p.base_bps);
                 if sum > BPS_SCALE as i64 {
                     return Err(refuse(
                         "protocol_bps+model_bps+base_bps",
@@ -335,9 +324,7 @@ impl<'s, 'a> Validator<'s, 'a> {
                     return Err(refuse(
                         "epoch",
                         &s.epoch,
-                        Rule::NotOpenEpoch {
-                            open: self.open_epoch,
-                        },
+                        Rule::NotOpenEpoch { open: self.open_epoch },
                     ));
                 }
                 self.open_epoch += 1;
@@ -355,30 +342,18 @@ impl<'s, 'a> Validator<'s, 'a> {
         if !is_valid_id(&inf.inference) {
             return Err(refuse("inference", &inf.inference, Rule::BadId));
         }
-        let fp = fingerprint(&inf.inference);
+        let (fp, hashes) = self.next_hashes(inf.attributions.len());
         let lsn = self.state.last_lsn + 1 + index as u64;
         if self.state.inference_ids.contains(fp)
             && self.state.confirm_inference(&inf.inference, lsn)
         {
-            return Err(refuse(
-                "inference",
-                &inf.inference,
-                Rule::DuplicateInference,
-            ));
+            return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
         }
         if self.inferences.find(fp, |&s| s == inf.inference).is_some() {
-            return Err(refuse(
-                "inference",
-                &inf.inference,
-                Rule::DuplicateInference,
-            ));
+            return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
         }
         let Some(model) = self.model(&inf.model) else {
-            let rule = if is_valid_id(&inf.model) {
-                Rule::UnknownModel
-            } else {
-                Rule::BadId
-            };
+            let rule = if is_valid_id(&inf.model) { Rule::UnknownModel } else { Rule::BadId };
             return Err(refuse("model", &inf.model, rule));
         };
         if !is_valid_id(&inf.consumer) {
@@ -393,18 +368,10 @@ impl<'s, 'a> Validator<'s, 'a> {
         }
         let k = inf.attributions.len();
         if k > MAX_ENTRIES {
-            return Err(refuse(
-                "attributions",
-                &format!("{k} entries"),
-                Rule::TooManyEntries,
-            ));
+            return Err(refuse("attributions", &format!("{k} entries"), Rule::TooManyEntries));
         }
         if self.open_entries + k as u64 > MAX_OPEN_ENTRIES {
-            return Err(refuse(
-                "attributions",
-                &format!("{k} entries"),
-                Rule::EpochFull,
-            ));
+            return Err(refuse("attributions", &format!("{k} entries"), Rule::EpochFull));
         }
         let lineage = self.model_lineage(model);
         let start = self.entries.len();
@@ -414,7 +381,9 @@ impl<'s, 'a> Validator<'s, 'a> {
                 let value = format!("{}:{}", a.contribution, a.weight);
                 return Err(at(refuse("attributions", &value, Rule::BadWeight)));
             }
-            let Some(c) = self.contribution(&a.contribution) else {
+            let Some((c, datanet)) =
+                self.contribution_and_datanet(&a.contribution, self.name_hashes[hashes + j])
+            else {
                 let rule = if is_valid_id(&a.contribution) {
                     Rule::UnknownContribution
                 } else {
@@ -422,18 +391,13 @@ impl<'s, 'a> Validator<'s, 'a> {
                 };
                 return Err(at(refuse("attributions", &a.contribution, rule)));
             };
-            let datanet = self.contribution_datanet(c);
             let inside = if lineage.len() <= 8 {
                 lineage.contains(&datanet)
             } else {
                 lineage.binary_search(&datanet).is_ok()
             };
             if !inside {
-                return Err(at(refuse(
-                    "attributions",
-                    &a.contribution,
-                    Rule::OutsideLineage,
-                )));
+                return Err(at(refuse("attributions", &a.contribution, Rule::OutsideLineage)));
             }
             self.entries.push(c);
         }
@@ -441,14 +405,29 @@ impl<'s, 'a> Validator<'s, 'a> {
             let c = &inf.attributions[j].contribution;
             return Err(refuse("attributions", c, Rule::RepeatedContribution).at_entry(j));
         }
-        self.inferences
-            .insert_unique(fp, &inf.inference, |&s| fingerprint(s));
+        self.inferences.insert_unique(fp, &inf.inference, |&s| fingerprint(s));
         self.total_fees = total_fees;
         self.open_entries += k as u64;
-        Ok(Op::Inference {
-            model,
-            fingerprint: fp,
-        })
+        Ok(Op::Inference { model, fingerprint: fp })
+    }
+
+    /// This inference's fingerprint and the position of its first name hash; asks for the
+    /// table lines of the next `LOOKAHEAD` entries and the next inference's fingerprint slot, so
+    /// their cache misses overlap with this inference's work.
+    #[inline]
+    fn next_hashes(&mut self, k: usize) -> (u64, usize) {
+        let fp = self.fingerprints[self.fp_cursor];
+        let hashes = self.hash_cursor;
+        self.fp_cursor += 1;
+        self.hash_cursor += k.min(MAX_ENTRIES + 1);
+        if let Some(&next) = self.fingerprints.get(self.fp_cursor) {
+            self.state.inference_ids.prefetch(next);
+        }
+        let ahead = self.name_hashes.len().min(self.hash_cursor + LOOKAHEAD);
+        for &h in &self.name_hashes[self.hash_cursor.min(ahead)..ahead] {
+            self.state.contributions.prefetch(h);
+        }
+        (fp, hashes)
     }
 
     /// Position (within the inference) of the first entry whose contribution appeared before.
@@ -469,12 +448,7 @@ impl<'s, 'a> Validator<'s, 'a> {
     }
 
     fn account(&mut self, name: &'a str) -> u32 {
-        if let Some(a) = self
-            .state
-            .accounts
-            .get(name)
-            .or_else(|| self.accounts.get(name))
-        {
+        if let Some(a) = self.state.accounts.get(name).or_else(|| self.accounts.get(name)) {
             return a;
         }
         let a = (self.state.accounts.len() + self.new_accounts.len()) as u32;
@@ -484,26 +458,22 @@ impl<'s, 'a> Validator<'s, 'a> {
     }
 
     fn datanet(&self, name: &str) -> Option<u32> {
-        self.state
-            .datanets
-            .get(name)
-            .or_else(|| self.datanets.get(name))
+        self.state.datanets.get(name).or_else(|| self.datanets.get(name))
     }
 
     #[inline]
     fn contribution(&self, name: &str) -> Option<u32> {
-        self.state
-            .contributions
-            .get(name)
-            .or_else(|| self.contributions.get(name))
+        self.state.contributions.get(name).or_else(|| self.contributions.get(name))
     }
 
+    /// The hot lookup: the datanet comes from the interner's slot, not from the row.
     #[inline]
-    fn contribution_datanet(&self, c: u32) -> u32 {
-        match self.state.contribution_rows.get(c as usize) {
-            Some(row) => row.datanet,
-            None => self.new_contribution_datanet[c as usize - self.state.contribution_rows.len()],
+    fn contribution_and_datanet(&self, name: &str, hash: NameHash) -> Option<(u32, u32)> {
+        if let Some(found) = self.state.contributions.get_hashed(name, hash) {
+            return Some(found);
         }
+        let c = self.contributions.get(name)?;
+        Some((c, self.new_contribution_datanet[c as usize - self.state.contribution_rows.len()]))
     }
 
     fn content_owner(&self, hash: &[u8; 32]) -> Option<&str> {
@@ -514,10 +484,7 @@ impl<'s, 'a> Validator<'s, 'a> {
     }
 
     fn model(&self, name: &str) -> Option<u32> {
-        self.state
-            .models
-            .get(name)
-            .or_else(|| self.models.get(name))
+        self.state.models.get(name).or_else(|| self.models.get(name))
     }
 
     fn model_base(&self, m: u32) -> Option<u32> {
@@ -533,11 +500,7 @@ impl<'s, 'a> Validator<'s, 'a> {
         let state: &'s Ledger = self.state;
         match state.model_rows.get(m as usize) {
             Some(row) => Cow::Borrowed(&row.lineage),
-            None => Cow::Owned(
-                self.new_models[m as usize - state.model_rows.len()]
-                    .1
-                    .clone(),
-            ),
+            None => Cow::Owned(self.new_models[m as usize - state.model_rows.len()].1.clone()),
         }
     }
 }

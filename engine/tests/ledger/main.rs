@@ -15,10 +15,7 @@ pub fn hash(n: u64) -> String {
 }
 
 pub fn dn(id: &str, owner: &str) -> Event {
-    Event::Datanet(Datanet {
-        datanet: id.into(),
-        owner: owner.into(),
-    })
+    Event::Datanet(Datanet { datanet: id.into(), owner: owner.into() })
 }
 
 pub fn contrib(id: &str, datanet: &str, contributor: &str, n: u64) -> Event {
@@ -59,27 +56,17 @@ pub fn weighted(id: &str, model: &str, fee: i64, weights: &[(&str, u32)]) -> Eve
         fee,
         attributions: weights
             .iter()
-            .map(|(c, w)| Attribution {
-                contribution: c.to_string(),
-                weight: *w,
-            })
+            .map(|(c, w)| Attribution { contribution: c.to_string(), weight: *w })
             .collect(),
     })
 }
 
 pub fn revoke(c: &str) -> Event {
-    Event::Revocation(Revocation {
-        contribution: c.into(),
-        reason: "spam".into(),
-    })
+    Event::Revocation(Revocation { contribution: c.into(), reason: "spam".into() })
 }
 
 pub fn policy(p: i64, m: i64, b: i64) -> Event {
-    Event::Policy(Policy {
-        protocol_bps: p,
-        model_bps: m,
-        base_bps: b,
-    })
+    Event::Policy(Policy { protocol_bps: p, model_bps: m, base_bps: b })
 }
 
 pub fn settle(epoch: u64) -> Event {
@@ -87,9 +74,7 @@ pub fn settle(epoch: u64) -> Event {
 }
 
 fn balance(l: &Ledger, account: &str) -> (u64, u64, u64) {
-    l.balance(account)
-        .map(|b| (b.earned, b.settled, b.pending))
-        .unwrap_or((0, 0, 0))
+    l.balance(account).map(|b| (b.earned, b.settled, b.pending)).unwrap_or((0, 0, 0))
 }
 
 fn reward(l: &Ledger, epoch: u64, account: &str, role: Role) -> u64 {
@@ -128,18 +113,8 @@ fn assert_worked_example(l: &Ledger) {
     assert_eq!(reward(l, 1, "ann", Role::BaseModel), 100);
     assert_eq!(reward(l, 1, "$protocol", Role::Protocol), 100);
     assert_eq!(reward(l, 1, "x", Role::Contributor), 451);
-    let entries: Vec<_> = l
-        .open_entries()
-        .map(|e| (e.contribution, e.weight, e.reward))
-        .collect();
-    assert_eq!(
-        entries,
-        vec![
-            ("c1", 1_000_000, 451),
-            ("c2", 333_333, 150),
-            ("c3", 333_333, 0)
-        ]
-    );
+    let entries: Vec<_> = l.open_entries().map(|e| (e.contribution, e.weight, e.reward)).collect();
+    assert_eq!(entries, vec![("c1", 1_000_000, 451), ("c2", 333_333, 150), ("c3", 333_333, 0)]);
     let total: u64 = l.rewards().map(|r| r.amount).sum();
     assert_eq!(total, 1001);
 }
@@ -148,32 +123,16 @@ fn assert_worked_example(l: &Ledger) {
 fn worked_example_verbatim() {
     let mut l = worked_example_setup();
     l.apply(&[revoke("c3")], 2_000).unwrap();
-    l.apply(
-        &[inf(
-            "i1",
-            "m-adapter",
-            1001,
-            &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)],
-        )],
-        3_000,
-    )
-    .unwrap();
+    l.apply(&[inf("i1", "m-adapter", 1001, &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)])], 3_000)
+        .unwrap();
     assert_worked_example(&l);
 }
 
 #[test]
 fn worked_example_with_revocation_after_the_inference_resettles() {
     let mut l = worked_example_setup();
-    l.apply(
-        &[inf(
-            "i1",
-            "m-adapter",
-            1001,
-            &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)],
-        )],
-        2_000,
-    )
-    .unwrap();
+    l.apply(&[inf("i1", "m-adapter", 1001, &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)])], 2_000)
+        .unwrap();
     // Before the revocation: pool 601 over weights 1e6, 333333, 333333.
     assert_eq!(balance(&l, "z").0, 601 * 333_333 / 1_666_666);
     l.apply(&[revoke("c3")], 3_000).unwrap();
@@ -187,25 +146,14 @@ fn worked_example_with_revocation_after_the_inference_resettles() {
 #[test]
 fn closing_an_epoch_freezes_rewards_and_commits_payouts() {
     let mut l = worked_example_setup();
-    l.apply(
-        &[inf(
-            "i1",
-            "m-adapter",
-            1001,
-            &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)],
-        )],
-        2_000,
-    )
-    .unwrap();
+    l.apply(&[inf("i1", "m-adapter", 1001, &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)])], 2_000)
+        .unwrap();
     let applied = l.apply(&[settle(1)], 3_000).unwrap();
     // A revocation after the close does not touch epoch 1.
     l.apply(&[revoke("c3")], 4_000).unwrap();
     let c3_before = 601 * 333_333 / 1_666_666;
     assert_eq!(balance(&l, "z"), (c3_before, c3_before, 0));
-    let payouts: Vec<_> = l
-        .payouts()
-        .map(|p| (p.account.to_string(), p.amount))
-        .collect();
+    let payouts: Vec<_> = l.payouts().map(|p| (p.account.to_string(), p.amount)).collect();
     let mut expected: Vec<(String, u64)> = vec![
         ("$protocol".into(), 100),
         ("ann".into(), 100),
@@ -220,10 +168,8 @@ fn closing_an_epoch_freezes_rewards_and_commits_payouts() {
     let s = l.settlements().next().unwrap();
     assert_eq!(s.payouts_root, merkle::payouts_root(&leaves));
     assert_eq!((s.epoch, s.lsn, s.total), (1, applied.first_lsn, 1001));
-    let epochs: Vec<_> = l
-        .epochs()
-        .map(|e| (e.epoch, e.open, e.opened_lsn, e.closed_lsn))
-        .collect();
+    let epochs: Vec<_> =
+        l.epochs().map(|e| (e.epoch, e.open, e.opened_lsn, e.closed_lsn)).collect();
     assert_eq!(epochs, vec![(1, false, 0, Some(8)), (2, true, 8, None)]);
     assert_eq!(l.open_entries().count(), 0);
 }
@@ -241,17 +187,9 @@ fn empty_epoch_root_is_sha256_of_nothing() {
 #[test]
 fn policy_applies_to_later_inferences_also_when_resettled() {
     let mut l = worked_example_setup();
-    l.apply(
-        &[inf("i1", "m-base", 10_000, &[("c1", 1.0), ("c2", 1.0)])],
-        2,
-    )
-    .unwrap();
+    l.apply(&[inf("i1", "m-base", 10_000, &[("c1", 1.0), ("c2", 1.0)])], 2).unwrap();
     l.apply(&[policy(0, 0, 0)], 3).unwrap();
-    l.apply(
-        &[inf("i2", "m-base", 10_000, &[("c1", 1.0), ("c2", 1.0)])],
-        4,
-    )
-    .unwrap();
+    l.apply(&[inf("i2", "m-base", 10_000, &[("c1", 1.0), ("c2", 1.0)])], 4).unwrap();
     // i1: protocol 1000, model 3000, pool 6000 (3000 each); i2: pool 10000 (5000 each).
     assert_eq!(balance(&l, "$protocol").0, 1000);
     assert_eq!(balance(&l, "ann").0, 3000);
@@ -268,21 +206,15 @@ fn policy_applies_to_later_inferences_also_when_resettled() {
 #[test]
 fn empty_pool_and_zero_weights_go_to_protocol_and_come_back_on_nothing() {
     let mut l = worked_example_setup();
-    l.apply(&[inf("i1", "m-base", 1000, &[("c1", 0.0)])], 2)
-        .unwrap();
+    l.apply(&[inf("i1", "m-base", 1000, &[("c1", 0.0)])], 2).unwrap();
     l.apply(&[inf("i2", "m-base", 1000, &[])], 3).unwrap();
-    l.apply(&[inf("i3", "m-base", 1000, &[("c3", 1.0)])], 4)
-        .unwrap();
-    assert_eq!(
-        reward(&l, 1, "$protocol", Role::Protocol),
-        100 * 3 + 600 * 2
-    );
+    l.apply(&[inf("i3", "m-base", 1000, &[("c3", 1.0)])], 4).unwrap();
+    assert_eq!(reward(&l, 1, "$protocol", Role::Protocol), 100 * 3 + 600 * 2);
     l.apply(&[revoke("c3")], 5).unwrap();
     assert_eq!(reward(&l, 1, "$protocol", Role::Protocol), 300 + 600 * 3);
     assert_eq!(balance(&l, "z").0, 0);
     // A zero fee pays nobody.
-    l.apply(&[inf("i4", "m-base", 0, &[("c1", 1.0)])], 6)
-        .unwrap();
+    l.apply(&[inf("i4", "m-base", 0, &[("c1", 1.0)])], 6).unwrap();
     assert_eq!(l.rewards().map(|r| r.amount).sum::<u64>(), 3000);
 }
 
@@ -305,15 +237,8 @@ fn a_batch_sees_its_own_earlier_events() {
         )
         .unwrap();
     assert_eq!((applied.first_lsn, applied.last_lsn, applied.ts), (1, 8, 5));
-    assert_eq!(
-        balance(&l, "x").0,
-        0,
-        "revoked in the open epoch: both pools to $protocol"
-    );
-    let epochs: Vec<_> = l
-        .epochs()
-        .map(|e| (e.epoch, e.inferences, e.fees))
-        .collect();
+    assert_eq!(balance(&l, "x").0, 0, "revoked in the open epoch: both pools to $protocol");
+    let epochs: Vec<_> = l.epochs().map(|e| (e.epoch, e.inferences, e.fees)).collect();
     assert_eq!(epochs, vec![(1, 2, 200), (2, 1, 100)]);
 }
 
@@ -342,10 +267,7 @@ fn check(r: &Refusal, index: usize, kind: EventKind, field: &str, value: &str, r
         (index, kind, field, value, &rule)
     );
     let msg = r.to_string();
-    assert!(
-        msg.contains(field) && msg.contains(&format!("event {index}")),
-        "{msg}"
-    );
+    assert!(msg.contains(field) && msg.contains(&format!("event {index}")), "{msg}");
 }
 
 #[test]
@@ -381,14 +303,7 @@ fn refuses_bad_ids_everywhere() {
         Rule::BadId,
     );
     let r = refused(&mut l, &[inf("i9", "m-base", 1, &[("no pe", 1.0)])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "no pe",
-        Rule::BadId,
-    );
+    check(&r, 0, EventKind::Inference, "attributions", "no pe", Rule::BadId);
     assert_eq!(r.entry, Some(0));
 }
 
@@ -397,64 +312,19 @@ fn refuses_duplicates() {
     let mut l = worked_example_setup();
     l.apply(&[inf("i1", "m-base", 5, &[])], 2).unwrap();
     let r = refused(&mut l, &[dn("dn-a", "o")]);
-    check(
-        &r,
-        0,
-        EventKind::Datanet,
-        "datanet",
-        "dn-a",
-        Rule::DuplicateDatanet,
-    );
+    check(&r, 0, EventKind::Datanet, "datanet", "dn-a", Rule::DuplicateDatanet);
     assert_eq!(r.rule.class(), RefusalClass::Duplicate);
     let r = refused(&mut l, &[contrib("c1", "dn-a", "x", 77)]);
-    check(
-        &r,
-        0,
-        EventKind::Contribution,
-        "contribution",
-        "c1",
-        Rule::DuplicateContribution,
-    );
+    check(&r, 0, EventKind::Contribution, "contribution", "c1", Rule::DuplicateContribution);
     let r = refused(&mut l, &[model("m-base", "o", None, &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Model,
-        "model",
-        "m-base",
-        Rule::DuplicateModel,
-    );
+    check(&r, 0, EventKind::Model, "model", "m-base", Rule::DuplicateModel);
     let r = refused(&mut l, &[inf("i1", "m-base", 5, &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "inference",
-        "i1",
-        Rule::DuplicateInference,
-    );
-    let r = refused(
-        &mut l,
-        &[inf("i2", "m-base", 5, &[]), inf("i2", "m-base", 5, &[])],
-    );
-    check(
-        &r,
-        1,
-        EventKind::Inference,
-        "inference",
-        "i2",
-        Rule::DuplicateInference,
-    );
+    check(&r, 0, EventKind::Inference, "inference", "i1", Rule::DuplicateInference);
+    let r = refused(&mut l, &[inf("i2", "m-base", 5, &[]), inf("i2", "m-base", 5, &[])]);
+    check(&r, 1, EventKind::Inference, "inference", "i2", Rule::DuplicateInference);
     // Within one batch too, for datanets.
     let r = refused(&mut l, &[dn("n", "o"), dn("n", "o")]);
-    check(
-        &r,
-        1,
-        EventKind::Datanet,
-        "datanet",
-        "n",
-        Rule::DuplicateDatanet,
-    );
+    check(&r, 1, EventKind::Datanet, "datanet", "n", Rule::DuplicateDatanet);
 }
 
 #[test]
@@ -468,27 +338,17 @@ fn refuses_content_contributed_before_even_if_revoked() {
         EventKind::Contribution,
         "content_hash",
         &hash(2),
-        Rule::DuplicateContent {
-            earlier: "c2".into(),
-        },
+        Rule::DuplicateContent { earlier: "c2".into() },
     );
     assert!(r.to_string().contains("\"c2\""));
-    let r = refused(
-        &mut l,
-        &[
-            contrib("c8", "dn-a", "a", 50),
-            contrib("c9", "dn-a", "b", 50),
-        ],
-    );
+    let r = refused(&mut l, &[contrib("c8", "dn-a", "a", 50), contrib("c9", "dn-a", "b", 50)]);
     check(
         &r,
         1,
         EventKind::Contribution,
         "content_hash",
         &hash(50),
-        Rule::DuplicateContent {
-            earlier: "c8".into(),
-        },
+        Rule::DuplicateContent { earlier: "c8".into() },
     );
 }
 
@@ -500,127 +360,46 @@ fn refuses_bad_content_hash() {
         c.content_hash = "AB".repeat(32);
     }
     let r = refused(&mut l, &[e]);
-    check(
-        &r,
-        0,
-        EventKind::Contribution,
-        "content_hash",
-        &"AB".repeat(32),
-        Rule::BadContentHash,
-    );
+    check(&r, 0, EventKind::Contribution, "content_hash", &"AB".repeat(32), Rule::BadContentHash);
 }
 
 #[test]
 fn refuses_unknown_references() {
     let mut l = worked_example_setup();
     let r = refused(&mut l, &[contrib("c9", "nope", "x", 9)]);
-    check(
-        &r,
-        0,
-        EventKind::Contribution,
-        "datanet",
-        "nope",
-        Rule::UnknownDatanet,
-    );
+    check(&r, 0, EventKind::Contribution, "datanet", "nope", Rule::UnknownDatanet);
     assert_eq!(r.rule.class(), RefusalClass::UnknownReference);
     let r = refused(&mut l, &[model("m9", "o", Some("nope"), &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Model,
-        "base_model",
-        "nope",
-        Rule::UnknownBaseModel,
-    );
+    check(&r, 0, EventKind::Model, "base_model", "nope", Rule::UnknownBaseModel);
     let r = refused(&mut l, &[model("m9", "o", None, &["dn-a", "nope"])]);
-    check(
-        &r,
-        0,
-        EventKind::Model,
-        "datanets",
-        "nope",
-        Rule::UnknownDatanet,
-    );
+    check(&r, 0, EventKind::Model, "datanets", "nope", Rule::UnknownDatanet);
     assert_eq!(r.entry, Some(1));
     let r = refused(&mut l, &[inf("i9", "nope", 1, &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "model",
-        "nope",
-        Rule::UnknownModel,
-    );
-    let r = refused(
-        &mut l,
-        &[inf("i9", "m-base", 1, &[("c1", 1.0), ("nope", 1.0)])],
-    );
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "nope",
-        Rule::UnknownContribution,
-    );
+    check(&r, 0, EventKind::Inference, "model", "nope", Rule::UnknownModel);
+    let r = refused(&mut l, &[inf("i9", "m-base", 1, &[("c1", 1.0), ("nope", 1.0)])]);
+    check(&r, 0, EventKind::Inference, "attributions", "nope", Rule::UnknownContribution);
     assert_eq!(r.entry, Some(1));
     let r = refused(&mut l, &[revoke("nope")]);
-    check(
-        &r,
-        0,
-        EventKind::Revocation,
-        "contribution",
-        "nope",
-        Rule::UnknownContribution,
-    );
+    check(&r, 0, EventKind::Revocation, "contribution", "nope", Rule::UnknownContribution);
 }
 
 #[test]
 fn refuses_adapters_of_adapters_and_repeated_datanets() {
     let mut l = worked_example_setup();
     let r = refused(&mut l, &[model("m9", "o", Some("m-adapter"), &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Model,
-        "base_model",
-        "m-adapter",
-        Rule::AdapterOfAdapter,
-    );
+    check(&r, 0, EventKind::Model, "base_model", "m-adapter", Rule::AdapterOfAdapter);
     let r = refused(&mut l, &[model("m9", "o", None, &["dn-a", "dn-a"])]);
-    check(
-        &r,
-        0,
-        EventKind::Model,
-        "datanets",
-        "dn-a",
-        Rule::RepeatedDatanet,
-    );
+    check(&r, 0, EventKind::Model, "datanets", "dn-a", Rule::RepeatedDatanet);
 }
 
 #[test]
 fn refuses_fees_outside_range() {
     let mut l = worked_example_setup();
     let r = refused(&mut l, &[inf("i9", "m-base", -1, &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "fee",
-        "-1",
-        Rule::FeeOutOfRange,
-    );
+    check(&r, 0, EventKind::Inference, "fee", "-1", Rule::FeeOutOfRange);
     let r = refused(&mut l, &[inf("i9", "m-base", (1 << 40) + 1, &[])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "fee",
-        "1099511627777",
-        Rule::FeeOutOfRange,
-    );
-    l.apply(&[inf("i9", "m-base", 1 << 40, &[("c1", 1.0)])], 2)
-        .unwrap();
+    check(&r, 0, EventKind::Inference, "fee", "1099511627777", Rule::FeeOutOfRange);
+    l.apply(&[inf("i9", "m-base", 1 << 40, &[("c1", 1.0)])], 2).unwrap();
 }
 
 #[test]
@@ -628,31 +407,9 @@ fn refuses_too_many_and_repeated_entries() {
     let mut l = worked_example_setup();
     let many: Vec<(&str, u32)> = (0..1025).map(|_| ("c1", 1)).collect();
     let r = refused(&mut l, &[weighted("i9", "m-base", 1, &many)]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "1025 entries",
-        Rule::TooManyEntries,
-    );
-    let r = refused(
-        &mut l,
-        &[inf(
-            "i9",
-            "m-base",
-            1,
-            &[("c1", 1.0), ("c2", 1.0), ("c1", 0.5)],
-        )],
-    );
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "c1",
-        Rule::RepeatedContribution,
-    );
+    check(&r, 0, EventKind::Inference, "attributions", "1025 entries", Rule::TooManyEntries);
+    let r = refused(&mut l, &[inf("i9", "m-base", 1, &[("c1", 1.0), ("c2", 1.0), ("c1", 0.5)])]);
+    check(&r, 0, EventKind::Inference, "attributions", "c1", Rule::RepeatedContribution);
     assert_eq!(r.entry, Some(2));
 }
 
@@ -681,14 +438,7 @@ fn refuses_bad_scores_and_weights() {
     }
     let mut l = worked_example_setup();
     let r = refused(&mut l, &[weighted("i9", "m-base", 1, &[("c1", 1_000_001)])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "c1:1000001",
-        Rule::BadWeight,
-    );
+    check(&r, 0, EventKind::Inference, "attributions", "c1:1000001", Rule::BadWeight);
 }
 
 #[test]
@@ -707,40 +457,15 @@ fn refuses_attribution_outside_lineage() {
     )
     .unwrap();
     let r = refused(&mut l, &[inf("i9", "m-base", 1, &[("cb", 1.0)])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "cb",
-        Rule::OutsideLineage,
-    );
+    check(&r, 0, EventKind::Inference, "attributions", "cb", Rule::OutsideLineage);
     assert_eq!(r.rule.class(), RefusalClass::Lineage);
     // The adapter's lineage is its own datanets plus its base model's.
-    l.apply(&[inf("i9", "m-ad", 100, &[("cb", 1.0), ("cc", 1.0)])], 3)
-        .unwrap();
-    let r = refused(
-        &mut l,
-        &[inf("i10", "m-ad", 100, &[("cb", 1.0), ("c1", 1.0)])],
-    );
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "c1",
-        Rule::OutsideLineage,
-    );
+    l.apply(&[inf("i9", "m-ad", 100, &[("cb", 1.0), ("cc", 1.0)])], 3).unwrap();
+    let r = refused(&mut l, &[inf("i10", "m-ad", 100, &[("cb", 1.0), ("c1", 1.0)])]);
+    check(&r, 0, EventKind::Inference, "attributions", "c1", Rule::OutsideLineage);
     // The base model does not inherit the adapter's datanets.
     let r = refused(&mut l, &[inf("i10", "m-b", 100, &[("cc", 1.0)])]);
-    check(
-        &r,
-        0,
-        EventKind::Inference,
-        "attributions",
-        "cc",
-        Rule::OutsideLineage,
-    );
+    check(&r, 0, EventKind::Inference, "attributions", "cc", Rule::OutsideLineage);
 }
 
 #[test]
@@ -748,51 +473,21 @@ fn refuses_revoking_twice() {
     let mut l = worked_example_setup();
     l.apply(&[revoke("c1")], 2).unwrap();
     let r = refused(&mut l, &[revoke("c1")]);
-    check(
-        &r,
-        0,
-        EventKind::Revocation,
-        "contribution",
-        "c1",
-        Rule::AlreadyRevoked,
-    );
+    check(&r, 0, EventKind::Revocation, "contribution", "c1", Rule::AlreadyRevoked);
     assert_eq!(r.rule.class(), RefusalClass::Duplicate);
     let r = refused(&mut l, &[revoke("c2"), revoke("c2")]);
-    check(
-        &r,
-        1,
-        EventKind::Revocation,
-        "contribution",
-        "c2",
-        Rule::AlreadyRevoked,
-    );
-    let long = Event::Revocation(Revocation {
-        contribution: "c2".into(),
-        reason: "r".repeat(1025),
-    });
+    check(&r, 1, EventKind::Revocation, "contribution", "c2", Rule::AlreadyRevoked);
+    let long =
+        Event::Revocation(Revocation { contribution: "c2".into(), reason: "r".repeat(1025) });
     let r = refused(&mut l, &[long]);
-    check(
-        &r,
-        0,
-        EventKind::Revocation,
-        "reason",
-        "1025 bytes",
-        Rule::ReasonTooLong,
-    );
+    check(&r, 0, EventKind::Revocation, "reason", "1025 bytes", Rule::ReasonTooLong);
 }
 
 #[test]
 fn refuses_bad_policies() {
     let mut l = Ledger::new();
     let r = refused(&mut l, &[policy(1, -1, 1)]);
-    check(
-        &r,
-        0,
-        EventKind::Policy,
-        "model_bps",
-        "-1",
-        Rule::NegativeBps,
-    );
+    check(&r, 0, EventKind::Policy, "model_bps", "-1", Rule::NegativeBps);
     let r = refused(&mut l, &[policy(5000, 5000, 1)]);
     check(
         &r,
@@ -811,23 +506,9 @@ fn refuses_bad_policies() {
 fn refuses_settling_any_epoch_but_the_open_one() {
     let mut l = Ledger::new();
     let r = refused(&mut l, &[settle(2)]);
-    check(
-        &r,
-        0,
-        EventKind::Settlement,
-        "epoch",
-        "2",
-        Rule::NotOpenEpoch { open: 1 },
-    );
+    check(&r, 0, EventKind::Settlement, "epoch", "2", Rule::NotOpenEpoch { open: 1 });
     let r = refused(&mut l, &[settle(1), settle(1)]);
-    check(
-        &r,
-        1,
-        EventKind::Settlement,
-        "epoch",
-        "1",
-        Rule::NotOpenEpoch { open: 2 },
-    );
+    check(&r, 1, EventKind::Settlement, "epoch", "1", Rule::NotOpenEpoch { open: 2 });
     l.apply(&[settle(1), settle(2)], 1).unwrap();
     assert_eq!(l.open_epoch(), 3);
 }
@@ -842,12 +523,7 @@ fn refuses_a_fee_that_would_overflow_the_ledger_total() {
         let batch: Vec<Event> = (0..1i64 << 20)
             .map(|k| {
                 let last = b == 7 && k == (1 << 20) - 1;
-                weighted(
-                    &format!("i{b}-{k}"),
-                    "m-base",
-                    if last { max - 1 } else { max },
-                    &[],
-                )
+                weighted(&format!("i{b}-{k}"), "m-base", if last { max - 1 } else { max }, &[])
             })
             .collect();
         l.apply(&batch, 2).unwrap();
@@ -857,10 +533,7 @@ fn refuses_a_fee_that_would_overflow_the_ledger_total() {
     check(&r, 0, EventKind::Inference, "fee", "1", Rule::TotalOverflow);
     assert_eq!(r.rule.class(), RefusalClass::Overflow);
     l.apply(&[weighted("free", "m-base", 0, &[])], 3).unwrap();
-    assert_eq!(
-        balance(&l, "$protocol").0 + balance(&l, "ann").0,
-        i64::MAX as u64
-    );
+    assert_eq!(balance(&l, "$protocol").0 + balance(&l, "ann").0, i64::MAX as u64);
 }
 
 #[test]
@@ -868,12 +541,7 @@ fn refuses_oversized_batches() {
     let mut l = Ledger::new();
     let batch = vec![policy(1, 1, 1); tally_engine::MAX_BATCH_EVENTS + 1];
     let r = refused(&mut l, &batch);
-    assert_eq!(
-        r.rule,
-        Rule::BatchTooLarge {
-            max: tally_engine::MAX_BATCH_EVENTS
-        }
-    );
+    assert_eq!(r.rule, Rule::BatchTooLarge { max: tally_engine::MAX_BATCH_EVENTS });
 }
 
 #[test]
@@ -896,14 +564,7 @@ fn refusal_leaves_no_trace_of_earlier_events_in_the_batch() {
     assert_eq!(l.contribution("c2").unwrap().revoked_lsn, None);
     assert_eq!(l.open_epoch(), 1);
     // The same names are still free to use.
-    l.apply(
-        &[
-            dn("new-dn", "newcomer"),
-            inf("i-ok", "m-base", 100, &[("c1", 1.0)]),
-        ],
-        5,
-    )
-    .unwrap();
+    l.apply(&[dn("new-dn", "newcomer"), inf("i-ok", "m-base", 100, &[("c1", 1.0)])], 5).unwrap();
 }
 
 struct Log(Vec<String>);
@@ -964,22 +625,12 @@ fn canonical_json_bodies_are_pinned() {
         assert!(parsed.is_object());
     }
     // Strings are escaped exactly as serde_json escapes them.
-    for s in [
-        "plain",
-        "q\"uote",
-        "back\\slash",
-        "\u{0}\u{1f}\t\n\r\u{8}\u{c}",
-        "é ü 日本",
-        "\u{7f}",
-    ] {
-        let event = Event::Revocation(Revocation {
-            contribution: "c".into(),
-            reason: s.into(),
-        });
-        let expected = format!(
-            r#"{{"contribution":"c","reason":{}}}"#,
-            serde_json::to_string(s).unwrap()
-        );
+    for s in
+        ["plain", "q\"uote", "back\\slash", "\u{0}\u{1f}\t\n\r\u{8}\u{c}", "é ü 日本", "\u{7f}"]
+    {
+        let event = Event::Revocation(Revocation { contribution: "c".into(), reason: s.into() });
+        let expected =
+            format!(r#"{{"contribution":"c","reason":{}}}"#, serde_json::to_string(s).unwrap());
         assert_eq!(json::body(&event), expected);
     }
 }
@@ -1021,34 +672,18 @@ fn replay_equals_live_state() {
     let mut log: Vec<LoggedEvent> = worked_example_setup_events()
         .into_iter()
         .enumerate()
-        .map(|(k, event)| LoggedEvent {
-            lsn: k as u64 + 1,
-            ts: 1_000,
-            event,
-        })
+        .map(|(k, event)| LoggedEvent { lsn: k as u64 + 1, ts: 1_000, event })
         .collect();
     let batches = vec![
-        vec![inf(
-            "i1",
-            "m-adapter",
-            1001,
-            &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)],
-        )],
+        vec![inf("i1", "m-adapter", 1001, &[("c1", 0.9), ("c2", 0.3), ("c3", 0.3)])],
         vec![revoke("c3"), settle(1)],
         vec![inf("i2", "m-base", 77, &[("c2", 0.3)]), policy(0, 1, 2)],
-        vec![
-            inf("i3", "m-adapter", 1 << 40, &[("c1", 0.1), ("c2", 0.1)]),
-            revoke("c1"),
-        ],
+        vec![inf("i3", "m-adapter", 1 << 40, &[("c1", 0.1), ("c2", 0.1)]), revoke("c1")],
     ];
     for batch in batches {
         let applied = l.apply(&batch, 5_000).unwrap();
         for (k, event) in batch.into_iter().enumerate() {
-            log.push(LoggedEvent {
-                lsn: applied.first_lsn + k as u64,
-                ts: applied.ts,
-                event,
-            });
+            log.push(LoggedEvent { lsn: applied.first_lsn + k as u64, ts: applied.ts, event });
         }
     }
     let rebuilt = replay(log.clone(), &CpuSettler).unwrap();
@@ -1056,10 +691,7 @@ fn replay_equals_live_state() {
     // A gap is an error, never silently accepted.
     let mut gap = log.clone();
     gap.remove(3);
-    assert!(matches!(
-        replay(gap, &CpuSettler),
-        Err(tally_engine::ReplayError::Gap { .. })
-    ));
+    assert!(matches!(replay(gap, &CpuSettler), Err(tally_engine::ReplayError::Gap { .. })));
     // So is an event the ledger would have refused.
     let mut bad = log;
     bad[6].event = inf("i1", "m-adapter", 5, &[]);

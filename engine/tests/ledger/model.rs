@@ -48,15 +48,12 @@ impl Oracle {
         match event {
             Event::Datanet(_) => {}
             Event::Contribution(c) => {
-                self.contributor
-                    .insert(c.contribution.clone(), c.contributor.clone());
-                self.datanet_of
-                    .insert(c.contribution.clone(), c.datanet.clone());
+                self.contributor.insert(c.contribution.clone(), c.contributor.clone());
+                self.datanet_of.insert(c.contribution.clone(), c.datanet.clone());
             }
             Event::Model(m) => {
                 self.model_owner.insert(m.model.clone(), m.owner.clone());
-                self.model_base
-                    .insert(m.model.clone(), m.base_model.clone());
+                self.model_base.insert(m.model.clone(), m.base_model.clone());
             }
             Event::Inference(i) => {
                 let base = self.model_base[&i.model].clone();
@@ -77,11 +74,7 @@ impl Oracle {
                 self.revoked_at.insert(r.contribution.clone(), self.lsn);
             }
             Event::Policy(p) => {
-                self.bps = Some((
-                    p.protocol_bps as u128,
-                    p.model_bps as u128,
-                    p.base_bps as u128,
-                ));
+                self.bps = Some((p.protocol_bps as u128, p.model_bps as u128, p.base_bps as u128));
             }
             Event::Settlement(s) => {
                 self.closed.insert(s.epoch, self.lsn);
@@ -94,8 +87,7 @@ impl Oracle {
         let mut out = Rewards::new();
         let mut add = |epoch: u64, account: &str, role: Role, v: u128| {
             if v > 0 {
-                *out.entry((epoch, account.to_string(), role.as_str()))
-                    .or_default() += v;
+                *out.entry((epoch, account.to_string(), role.as_str())).or_default() += v;
             }
         };
         for inf in &self.inferences {
@@ -118,13 +110,8 @@ impl Oracle {
                 .iter()
                 .map(|(c, w)| *w > 0 && self.revoked_at.get(c).is_none_or(|&at| at > cutoff))
                 .collect();
-            let total: u128 = inf
-                .entries
-                .iter()
-                .zip(&valid)
-                .filter(|(_, v)| **v)
-                .map(|(e, _)| e.1)
-                .sum();
+            let total: u128 =
+                inf.entries.iter().zip(&valid).filter(|(_, v)| **v).map(|(e, _)| e.1).sum();
             let mut paid = protocol + model_part + base_part;
             if total == 0 {
                 add(inf.epoch, "$protocol", Role::Protocol, pool);
@@ -143,12 +130,7 @@ impl Oracle {
                 let dust = pool - shares.iter().sum::<u128>();
                 shares[best.unwrap()] += dust;
                 for (i, (c, _)) in inf.entries.iter().enumerate() {
-                    add(
-                        inf.epoch,
-                        &self.contributor[c],
-                        Role::Contributor,
-                        shares[i],
-                    );
+                    add(inf.epoch, &self.contributor[c], Role::Contributor, shares[i]);
                     paid += shares[i];
                 }
             }
@@ -173,12 +155,7 @@ impl Oracle {
             let pool = f - fixed;
             let valid =
                 |c: &str, w: u128| w > 0 && self.revoked_at.get(c).is_none_or(|&at| at > cutoff);
-            let total: u128 = inf
-                .entries
-                .iter()
-                .filter(|(c, w)| valid(c, *w))
-                .map(|e| e.1)
-                .sum();
+            let total: u128 = inf.entries.iter().filter(|(c, w)| valid(c, *w)).map(|e| e.1).sum();
             if total == 0 {
                 continue;
             }

@@ -36,12 +36,8 @@ fn universe() -> Vec<Event> {
     events
 }
 
-const MODELS: [(&str, &[usize]); 4] = [
-    ("b0", &[0, 1]),
-    ("b1", &[2]),
-    ("a0", &[0, 1, 2]),
-    ("a1", &[2]),
-];
+const MODELS: [(&str, &[usize]); 4] =
+    [("b0", &[0, 1]), ("b1", &[2]), ("a0", &[0, 1, 2]), ("a1", &[2])];
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -80,12 +76,7 @@ struct Script {
 impl Script {
     fn event(&mut self, s: &Step) -> Event {
         match s {
-            Step::Inference {
-                model: m,
-                fee,
-                entries,
-                stray,
-            } => {
+            Step::Inference { model: m, fee, entries, stray } => {
                 let (name, lineage) = MODELS[*m];
                 let mut seen = Vec::new();
                 let mut scores = Vec::new();
@@ -122,21 +113,12 @@ fn check_against_oracle(l: &Ledger, oracle: &Oracle) {
     let expected = oracle.rewards();
     let actual: BTreeMap<(u64, String, &'static str), u128> = l
         .rewards()
-        .map(|r| {
-            (
-                (r.epoch, r.account.to_string(), r.role.as_str()),
-                r.amount as u128,
-            )
-        })
+        .map(|r| ((r.epoch, r.account.to_string(), r.role.as_str()), r.amount as u128))
         .collect();
     assert_eq!(actual, expected, "rewards differ from the model");
     // Per-epoch conservation: rewards add up to the epoch's fees.
     for e in l.epochs() {
-        let paid: u128 = actual
-            .iter()
-            .filter(|(k, _)| k.0 == e.epoch)
-            .map(|(_, v)| *v)
-            .sum();
+        let paid: u128 = actual.iter().filter(|(k, _)| k.0 == e.epoch).map(|(_, v)| *v).sum();
         assert_eq!(paid, e.fees as u128, "epoch {} does not conserve", e.epoch);
     }
     // Payouts of closed epochs and balances follow from the rewards.
@@ -172,16 +154,10 @@ fn check_against_oracle(l: &Ledger, oracle: &Oracle) {
     }
     let (by_contribution, by_datanet) = oracle.earned();
     for c in l.contributions() {
-        assert_eq!(
-            c.earned as u128,
-            by_contribution.get(c.contribution).copied().unwrap_or(0)
-        );
+        assert_eq!(c.earned as u128, by_contribution.get(c.contribution).copied().unwrap_or(0));
     }
     for d in l.datanets() {
-        assert_eq!(
-            d.earned as u128,
-            by_datanet.get(d.datanet).copied().unwrap_or(0)
-        );
+        assert_eq!(d.earned as u128, by_datanet.get(d.datanet).copied().unwrap_or(0));
     }
     // Per-inference conservation in the open epoch, as the engine holds it: contributor
     // rewards of an inference never exceed what its entries could get, and the model checked
