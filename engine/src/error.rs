@@ -7,7 +7,8 @@ use crate::event::EventKind;
 
 /// A refused batch. `index` is the position of the first offending event in the batch,
 /// `entry` the position inside a list field (attributions, datanets) when one is at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serialisable so a refusal can travel back from the node that applied the batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 pub struct Refusal {
     pub index: usize,
     pub kind: EventKind,
@@ -24,6 +25,59 @@ impl fmt::Display for Refusal {
             write!(f, "[{entry}]")?;
         }
         write!(f, " = {:?}: {}", self.value, self.rule)
+    }
+}
+
+/// Every field name a refusal can carry, so that a deserialised refusal keeps a `&'static str`.
+const FIELDS: &[&str] = &[
+    "datanet",
+    "owner",
+    "contribution",
+    "contributor",
+    "content_hash",
+    "model",
+    "base_model",
+    "datanets",
+    "inference",
+    "consumer",
+    "fee",
+    "attributions",
+    "reason",
+    "protocol_bps",
+    "model_bps",
+    "base_bps",
+    "protocol_bps+model_bps+base_bps",
+    "epoch",
+    "batch",
+];
+
+#[derive(serde::Deserialize)]
+struct RefusalWire {
+    index: usize,
+    kind: EventKind,
+    field: String,
+    entry: Option<usize>,
+    value: String,
+    rule: Rule,
+}
+
+impl<'de> serde::Deserialize<'de> for Refusal {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Refusal, D::Error> {
+        RefusalWire::deserialize(d).map(Refusal::from)
+    }
+}
+
+impl From<RefusalWire> for Refusal {
+    fn from(w: RefusalWire) -> Refusal {
+        let field = FIELDS.iter().find(|f| **f == w.field).copied().unwrap_or("unknown field");
+        Refusal {
+            index: w.index,
+            kind: w.kind,
+            field,
+            entry: w.entry,
+            value: w.value,
+            rule: w.rule,
+        }
     }
 }
 
@@ -45,7 +99,7 @@ impl Refusal {
 }
 
 /// Every rule of ledger.md that can refuse an event, one variant each.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Rule {
     #[error("ids are 1 to 128 bytes from [A-Za-z0-9._:@/-]")]
     BadId,

@@ -8,7 +8,7 @@ use crate::error::{Refusal, Rule};
 use crate::weight::weights_from_scores;
 
 /// The kinds of event, named as in ledger.md and in `events.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum EventKind {
     Datanet,
     Contribution,

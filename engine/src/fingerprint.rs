@@ -100,6 +100,29 @@ impl FingerprintSet {
         }
     }
 
+    /// The raw table, empty slots included, for a snapshot image (`image.rs`).
+    pub(crate) fn slots(&self) -> &[u64] {
+        &self.slots
+    }
+
+    /// Takes a table from a snapshot image as it is, without rehashing: loading stays a copy.
+    /// Checks what `contains` and `insert` rely on to terminate and to grow on time (a corrupt
+    /// table must be refused here, not loop forever later); `Err` says what is wrong.
+    pub(crate) fn from_slots(slots: Vec<u64>, len: usize) -> Result<Self, String> {
+        if slots.len() < MIN_CAPACITY {
+            return Err(format!("{} slots, fewer than {MIN_CAPACITY}", slots.len()));
+        }
+        let used = slots.iter().filter(|&&s| s != EMPTY).count();
+        if used != len {
+            return Err(format!("{used} fingerprints in the slots, but a length of {len}"));
+        }
+        // `insert` keeps the load at most 3/4, so there is always an empty slot to stop at.
+        if len.saturating_mul(4) > slots.len().saturating_mul(3) {
+            return Err(format!("{len} fingerprints overfill {} slots", slots.len()));
+        }
+        Ok(FingerprintSet { slots, len })
+    }
+
     /// Every fingerprint, in slot order (for the state digest, which sorts them).
     pub(crate) fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         self.slots.iter().copied().filter(|&s| s != EMPTY)

@@ -124,6 +124,35 @@ impl Interner {
         id
     }
 
+    /// A table holding `names`, given in id order with their payloads (a snapshot load, see
+    /// `image.rs`). It is sized once, to the size pushing them one by one would reach, so no
+    /// name is hashed twice; the iterator's length must therefore be exact. `Err(id)`: the name
+    /// with this id repeats an earlier one.
+    pub(crate) fn from_names<'a>(
+        names: impl ExactSizeIterator<Item = (&'a str, u32)>,
+    ) -> Result<Self, u32> {
+        let mut slots = MIN_SLOTS;
+        while names.len() * LOAD_DEN > slots * LOAD_NUM {
+            slots *= 2;
+        }
+        let mut table = Interner {
+            slots: vec![Slot::default(); slots],
+            names: Vec::with_capacity(names.len()),
+        };
+        for (name, payload) in names {
+            let id =
+                u32::try_from(table.names.len()).expect("more than 2^32 names in one namespace");
+            let hash = NameHash::of(name);
+            if table.get_hashed(name, hash).is_some() {
+                return Err(id);
+            }
+            table.names.push(name.into());
+            let slot = Slot { tag: 0, id, payload, len: name.len() as u32, prefix: prefix(name) };
+            Self::place(&mut table.slots, hash, slot);
+        }
+        Ok(table)
+    }
+
     fn place(slots: &mut [Slot], hash: NameHash, mut slot: Slot) {
         slot.tag = hash.tag();
         let mask = slots.len() - 1;
@@ -182,5 +211,27 @@ mod tests {
         }
         assert_eq!(i.get("name-9999"), Some(9_999 + names.len() as u32));
         assert_eq!(i.len(), 10_000 + names.len());
+    }
+
+    #[test]
+    fn from_names_matches_pushing_and_refuses_repeats() {
+        let names: Vec<String> = (0..5_000).map(|k| format!("a-rather-long-name-{k}")).collect();
+        let mut pushed = Interner::new();
+        for (k, n) in names.iter().enumerate() {
+            pushed.push_with_payload(n, k as u32 * 3);
+        }
+        let loaded =
+            Interner::from_names(names.iter().enumerate().map(|(k, n)| (n.as_str(), k as u32 * 3)))
+                .unwrap();
+        assert_eq!(loaded.slots.len(), pushed.slots.len());
+        for n in &names {
+            assert_eq!(
+                loaded.get_hashed(n, NameHash::of(n)),
+                pushed.get_hashed(n, NameHash::of(n))
+            );
+        }
+        assert_eq!(loaded.get("a-rather-long-name-5000"), None);
+        let repeated = ["x", "y", "x"].into_iter().map(|n| (n, 0));
+        assert_eq!(Interner::from_names(repeated).err(), Some(2));
     }
 }

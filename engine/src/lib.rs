@@ -7,6 +7,7 @@ mod error;
 mod event;
 mod fingerprint;
 pub mod id;
+mod image;
 mod intern;
 pub mod json;
 pub mod merkle;
@@ -23,6 +24,7 @@ pub use event::{
     ArchivedEvent, Attribution, Batch, Contribution, Datanet, Event, EventKind, Inference,
     LoggedEvent, Model, Policy, Revocation, ScoredInference, Settlement,
 };
+pub use image::ImageError;
 pub use read::{
     BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutView,
     PolicyView, RevocationView, RewardView, SettlementView,

@@ -228,7 +228,7 @@ pub struct Ledger {
     pub(crate) open: OpenEpoch,
     pub(crate) settling: Settling,
     /// Scratch for re-settlement, to keep allocation off the revocation path.
-    scratch: Vec<u64>,
+    pub(crate) scratch: Vec<u64>,
 }
 
 impl Default for Ledger {
@@ -238,7 +238,7 @@ impl Default for Ledger {
 }
 
 /// Where an accepted batch landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Applied {
     pub first_lsn: u64,
     pub last_lsn: u64,

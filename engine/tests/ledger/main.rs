@@ -1,6 +1,7 @@
 //! Behaviour of the ledger as a user of the engine sees it: the worked example, every refusal
 //! rule, atomicity, the canonical formats, and property tests against an independent model.
 
+mod image;
 mod model;
 mod props;
 

@@ -1,0 +1,289 @@
+//! The embedded database: a data directory opened in-process as a one-node Raft group that
+//! needs no configuration. Writes go the one way every write goes — proposed to Raft, durable
+//! in the log, applied to the engine — and come back with their lsns. The server is built on
+//! this same type.
+//!
+//! Directory layout: `LOCK` (held while open), `log/` (segments, vote, committed, purged),
+//! `snapshot.bin` (latest engine snapshot).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
+use tally_engine::{Applied, Event, Ledger, Refusal};
+
+use crate::error::StorageError;
+use crate::log::{Recovery, SEGMENT_BYTES};
+use crate::payload::{Outcome, Proposal};
+use crate::raft::{LogStore, NodeId, Shared, StateMachine, TypeConfig};
+
+/// This node's id in its one-node group.
+const NODE: NodeId = 1;
+/// How long opening waits for the node to elect itself and catch up.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub segment_bytes: u64,
+    /// A snapshot is taken after this many ledger events since the last one (and on close).
+    pub snapshot_every_events: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_bytes: SEGMENT_BYTES, snapshot_every_events: 4_000_000 }
+    }
+}
+
+/// What opening a database found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Opened {
+    pub log: Recovery,
+    /// Why the snapshot could not be used (the state was rebuilt from the log instead).
+    pub snapshot_discarded: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The engine refused the batch; nothing of it was appended to the ledger.
+    #[error(transparent)]
+    Refused(Refusal),
+    #[error("the batch could not be read back: {0}")]
+    Malformed(String),
+    #[error("the write did not complete: {0}")]
+    Raft(String),
+}
+
+pub struct Database {
+    rt: tokio::runtime::Runtime,
+    raft: Raft<TypeConfig>,
+    shared: Arc<Shared>,
+    log: LogStore,
+    dir: PathBuf,
+    recovery: Opened,
+    options: Options,
+    snapshot_lsn: AtomicU64,
+    _lock: File,
+}
+
+fn now_micros() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    d.as_micros() as i64
+}
+
+/// Takes the data directory's lock file; refused while another process holds it.
+pub fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
+    let path = dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path: dir.into() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io(&path, e)),
+    }
+}
+
+impl Database {
+    pub fn open(dir: impl AsRef<Path>) -> Result<Database, StorageError> {
+        Self::open_with(dir, Options::default())
+    }
+
+    pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Database, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        let lock = lock_dir(&dir)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tally-raft")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::io(&dir, e))?;
+        let (log, recovery) = LogStore::open(&dir.join("log"), options.segment_bytes)?;
+        let (sm, snapshot_discarded) = StateMachine::open(&dir)?;
+        let shared = sm.shared();
+        if shared.state.read().expect("state lock").last_applied.is_none() {
+            log.forget_purged()?;
+        }
+        let config = Config {
+            cluster_name: "tally".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let raft_err = |e: &dyn std::fmt::Display| StorageError::Invalid(format!("raft: {e}"));
+        let raft = rt
+            .block_on(Raft::new(NODE, Arc::new(config), NoNetwork, log.clone(), sm))
+            .map_err(|e| raft_err(&e))?;
+        rt.block_on(async {
+            if !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
+                let members = BTreeMap::from([(NODE, BasicNode::default())]);
+                raft.initialize(members).await.map_err(|e| raft_err(&e))?;
+            }
+            let m = raft
+                .wait(Some(OPEN_TIMEOUT))
+                .state(ServerState::Leader, "open")
+                .await
+                .map_err(|e| raft_err(&e))?;
+            raft.wait(Some(OPEN_TIMEOUT))
+                .applied_index_at_least(m.last_log_index, "catch up")
+                .await
+                .map_err(|e| raft_err(&e))?;
+            Ok::<(), StorageError>(())
+        })?;
+        let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
+        let recovery = Opened { log: recovery, snapshot_discarded };
+        Ok(Database { rt, raft, shared, log, dir, recovery, options, snapshot_lsn, _lock: lock })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening found (a torn tail cut off, rebuilt indexes, a damaged snapshot).
+    pub fn recovery(&self) -> &Opened {
+        &self.recovery
+    }
+
+    /// Appends one atomic batch and returns its lsns, once it is durable and applied.
+    pub fn write(&self, events: Vec<Event>) -> Result<Applied, WriteError> {
+        self.rt.block_on(self.write_async(events))
+    }
+
+    /// As `write`, for async callers (several may be in flight; their fsyncs are shared).
+    pub async fn write_async(&self, events: Vec<Event>) -> Result<Applied, WriteError> {
+        let proposal = Proposal::new(now_micros(), events);
+        let response =
+            self.raft.client_write(proposal).await.map_err(|e| WriteError::Raft(e.to_string()))?;
+        let applied = match response.data {
+            Outcome::Applied(a) => a,
+            Outcome::Refused(r) => return Err(WriteError::Refused(r)),
+            Outcome::Malformed(m) => return Err(WriteError::Malformed(m)),
+            Outcome::Nothing => return Err(WriteError::Raft("the entry carried no batch".into())),
+        };
+        let since = applied.last_lsn - self.snapshot_lsn.load(Ordering::Relaxed);
+        if since >= self.options.snapshot_every_events {
+            self.snapshot_lsn.store(applied.last_lsn, Ordering::Relaxed);
+            let _ = self.raft.trigger().snapshot().await;
+        }
+        Ok(applied)
+    }
+
+    /// Reads the ledger state (a consistent view: no batch is applied while `f` runs).
+    pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        f(&self.shared.state.read().expect("state lock").ledger)
+    }
+
+    /// The runtime the database runs on, for callers that want to drive `write_async`.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    pub fn log(&self) -> &LogStore {
+        &self.log
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Takes a snapshot of the applied state now and waits for it to be on disk.
+    pub fn snapshot(&self) -> Result<(), StorageError> {
+        let last = self.shared.state.read().expect("state lock").last_applied;
+        let Some(last) = last else { return Ok(()) };
+        let failed = |e: &dyn std::fmt::Display| StorageError::Invalid(format!("snapshot: {e}"));
+        self.rt.block_on(async {
+            // A trigger is ignored while another snapshot is being built: ask again until one
+            // covers `last`.
+            for _ in 0..600 {
+                self.raft.trigger().snapshot().await.map_err(|e| failed(&e))?;
+                let covered = self
+                    .raft
+                    .wait(Some(Duration::from_secs(1)))
+                    .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last.index), "snapshot")
+                    .await;
+                if covered.is_ok() {
+                    return Ok(());
+                }
+            }
+            Err(failed(&"no snapshot after 600 attempts"))
+        })
+    }
+
+    /// Snapshots (so the next open replays nothing) and shuts down.
+    pub fn close(self) -> Result<(), StorageError> {
+        self.snapshot()?;
+        self.rt.block_on(self.raft.shutdown()).map_err(|e| StorageError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = self.rt.block_on(self.raft.shutdown());
+    }
+}
+
+/// A one-node group has no peers to talk to; any attempt is a bug and reports unreachable.
+struct NoNetwork;
+
+#[derive(Debug, thiserror::Error)]
+#[error("single-node database: node {0} is not reachable")]
+struct NoPeer(NodeId);
+
+impl RaftNetworkFactory<TypeConfig> for NoNetwork {
+    type Network = NoPeerClient;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+        NoPeerClient(target)
+    }
+}
+
+struct NoPeerClient(NodeId);
+
+impl RaftNetwork<TypeConfig> for NoPeerClient {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(RPCError::Unreachable(Unreachable::new(&NoPeer(self.0))))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        Err(RPCError::Unreachable(Unreachable::new(&NoPeer(self.0))))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(RPCError::Unreachable(Unreachable::new(&NoPeer(self.0))))
+    }
+}

@@ -1,0 +1,19 @@
+//! Tally's storage: the durable, segmented log (the ledger's single source of truth), its
+//! group-commit flusher, the Raft log/vote/snapshot storage over it, and the embedded database.
+//! Depends on the engine only; no SQL, no network.
+
+pub mod db;
+pub mod error;
+pub mod flusher;
+pub mod log;
+pub mod lsn;
+mod meta;
+pub mod payload;
+pub mod raft;
+pub mod record;
+pub mod segment;
+pub mod snapshot;
+
+pub use error::StorageError;
+
+pub use db::{Database, Opened, Options, WriteError};

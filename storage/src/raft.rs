@@ -1,0 +1,487 @@
+//! openraft's storage over the segmented log: `RaftLogStorage` (entries, vote, committed,
+//! truncate, purge) and `RaftStateMachine` (the engine's `Ledger`, snapshots). The state
+//! machine is where lsns are born: a batch entry that the engine accepts at apply gets the next
+//! lsns; one it refuses gets none and leaves no ledger event.
+//!
+//! Never: acknowledge an append before its fsync (the flusher fires openraft's callback), or
+//! delete ledger records — `purge` only moves Raft's view of the log forward.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, OptionalSend,
+    RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError as RaftStorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use tally_engine::Ledger;
+
+use crate::error::StorageError;
+use crate::flusher::Flusher;
+use crate::log::{Log, NewRecord, Recovery};
+use crate::lsn::LsnIndex;
+use crate::meta;
+use crate::payload::{Outcome, Proposal};
+use crate::record::Kind;
+use crate::snapshot::{self, SnapshotFile};
+
+openraft::declare_raft_types!(
+    /// Tally's Raft types: entries carry ledger batches, applying one gives an `Outcome`.
+    pub TypeConfig:
+        D = Proposal,
+        R = Outcome,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type NodeId = u64;
+type RaftError = RaftStorageError<NodeId>;
+
+fn write_err(e: impl std::error::Error + 'static) -> RaftError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> RaftError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+struct LogInner {
+    log: Log,
+    flusher: Flusher,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    purged: Option<LogId<NodeId>>,
+}
+
+/// The Raft log over the segmented log. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<LogInner>>,
+    dir: PathBuf,
+}
+
+const VOTE_FILE: &str = "vote.json";
+const COMMITTED_FILE: &str = "committed.json";
+const PURGED_FILE: &str = "purged.json";
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StorageError> {
+    match meta::read(path)? {
+        None => Ok(None),
+        Some(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StorageError::Invalid(format!("{}: {e}", path.display()))),
+    }
+}
+
+impl LogStore {
+    /// Opens the log in `dir` (recovering it) and its Raft metadata.
+    pub fn open(dir: &Path, segment_bytes: u64) -> Result<(LogStore, Recovery), StorageError> {
+        let (log, recovery) = Log::open(dir, segment_bytes)?;
+        let flusher = Flusher::start(log.durable());
+        let vote = read_json(&dir.join(VOTE_FILE))?;
+        // The committed index is a hint for restart (entries up to it are re-applied at once);
+        // it is written without fsync, so a missing or stale one is harmless.
+        let committed = read_json(&dir.join(COMMITTED_FILE)).unwrap_or(None);
+        let purged = read_json(&dir.join(PURGED_FILE))?;
+        if let (Some(torn), Some(c)) = (&recovery.torn, &committed) {
+            let c: &LogId<NodeId> = c;
+            if torn.index <= c.index {
+                return Err(StorageError::Corrupt {
+                    path: torn.path.clone(),
+                    offset: torn.offset,
+                    index: torn.index,
+                    last_good: torn.index.saturating_sub(1),
+                });
+            }
+        }
+        let inner = LogInner { log, flusher, vote, committed, purged };
+        Ok((LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.into() }, recovery))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().expect("log lock poisoned")
+    }
+
+    /// Lets Raft read the log from its start again: the state machine has no snapshot (lost,
+    /// damaged or removed), and since `purge` never deleted a record, a full replay is possible.
+    pub fn forget_purged(&self) -> Result<(), StorageError> {
+        let path = self.dir.join(PURGED_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => crate::segment::sync_dir(&self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(&path, e)),
+        }
+        self.lock().purged = None;
+        Ok(())
+    }
+
+    /// Runs `f` on the log (for scans, verification and tools).
+    pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
+        f(&self.lock().log)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn log_id_of(h: &crate::record::Header) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(h.term, h.node), h.index)
+}
+
+// openraft's own error type is large; it is what every storage method must return.
+#[allow(clippy::result_large_err)]
+fn to_entry(r: crate::log::RecordRef<'_>) -> Result<Entry<TypeConfig>, RaftError> {
+    let payload = match r.header.kind {
+        Kind::Blank => EntryPayload::Blank,
+        Kind::Batch => EntryPayload::Normal(Proposal::from_bytes(r.payload)),
+        Kind::Membership => {
+            EntryPayload::Membership(serde_json::from_slice(r.payload).map_err(read_err)?)
+        }
+    };
+    Ok(Entry { log_id: log_id_of(&r.header), payload })
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, RaftError> {
+        let inner = self.lock();
+        let purged_next = inner.purged.map_or(0, |p| p.index + 1);
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s + 1,
+            Bound::Unbounded => 0,
+        }
+        .max(purged_next)
+        .max(inner.log.first_index().unwrap_or(0));
+        let mut out = Vec::new();
+        if inner.log.last_index().is_none_or(|l| start > l) {
+            return Ok(out);
+        }
+        for r in inner.log.iter_from(start) {
+            if !range.contains(&r.header.index) {
+                break;
+            }
+            out.push(to_entry(r)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftError> {
+        let inner = self.lock();
+        let last =
+            inner.log.last_index().and_then(|i| inner.log.read(i)).map(|r| log_id_of(&r.header));
+        let last_log_id = match (last, inner.purged) {
+            (Some(l), Some(p)) => Some(if p.index > l.index { p } else { l }),
+            (l, p) => l.or(p),
+        };
+        Ok(LogState { last_purged_log_id: inner.purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), RaftError> {
+        let bytes = serde_json::to_vec(vote).expect("vote serialises");
+        meta::write_atomic(&self.dir.join(VOTE_FILE), &bytes)
+            .map_err(|e| RaftError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        self.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, RaftError> {
+        Ok(self.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), RaftError> {
+        let bytes = serde_json::to_vec(&committed).expect("log id serialises");
+        // Not fsynced: see `open`.
+        std::fs::write(self.dir.join(COMMITTED_FILE), bytes).map_err(write_err)?;
+        self.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, RaftError> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut inner = self.lock();
+        if let Some(reason) = inner.flusher.poisoned() {
+            return Err(write_err(StorageError::Poisoned { path: self.dir.clone(), reason }));
+        }
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let memberships: Vec<Vec<u8>> = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Membership(m) => {
+                    serde_json::to_vec(m).expect("membership serialises")
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        let records: Vec<NewRecord<'_>> = entries
+            .iter()
+            .zip(&memberships)
+            .map(|(e, m)| {
+                let (kind, payload): (Kind, &[u8]) = match &e.payload {
+                    EntryPayload::Blank => (Kind::Blank, &[]),
+                    EntryPayload::Normal(p) => (Kind::Batch, p.as_bytes()),
+                    EntryPayload::Membership(_) => (Kind::Membership, m),
+                };
+                NewRecord {
+                    index: e.log_id.index,
+                    term: e.log_id.leader_id.term,
+                    node: e.log_id.leader_id.node_id,
+                    kind,
+                    payload,
+                }
+            })
+            .collect();
+        let Some(last) = records.last().map(|r| r.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        // After a snapshot was installed past the end of this log, the next entry starts
+        // beyond it: the log continues in a new segment at that index.
+        if let (Some(first), Some(p)) = (records.first(), inner.purged) {
+            if inner.log.last_index().is_none_or(|l| l < first.index - 1)
+                && first.index == p.index + 1
+            {
+                inner.log.start_at(first.index).map_err(write_err)?;
+            }
+        }
+        let file = inner.log.append(&records).map_err(write_err)?;
+        let Some(file) = file else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let path = self.dir.clone();
+        inner.flusher.request(
+            file,
+            path,
+            last + 1,
+            Box::new(move |r| callback.log_io_completed(r.map_err(std::io::Error::other))),
+        );
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
+        self.lock().log.truncate(log_id.index).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
+        let bytes = serde_json::to_vec(&log_id).expect("log id serialises");
+        meta::write_atomic(&self.dir.join(PURGED_FILE), &bytes).map_err(write_err)?;
+        self.lock().purged = Some(log_id);
+        Ok(())
+    }
+}
+
+/// The state machine's state: the ledger plus what Raft needs to know about it.
+pub struct SmState {
+    pub ledger: Ledger,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+    /// Where each ledger lsn lives in the log.
+    pub lsns: LsnIndex,
+}
+
+impl SmState {
+    fn empty() -> SmState {
+        SmState {
+            ledger: Ledger::new(),
+            last_applied: None,
+            membership: StoredMembership::default(),
+            lsns: LsnIndex::default(),
+        }
+    }
+}
+
+/// Shared between the state machine (openraft's) and the database's readers.
+pub struct Shared {
+    pub state: RwLock<SmState>,
+    dir: PathBuf,
+    current: Mutex<Option<SnapshotMeta<NodeId, BasicNode>>>,
+}
+
+impl Shared {
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(snapshot::FILE)
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    /// Loads the latest snapshot in `dir`, if any; entries after it are re-applied by Raft.
+    /// A damaged snapshot is set aside (renamed `snapshot.bin.damaged`) and the state is
+    /// rebuilt from the log; the reason is returned.
+    pub fn open(dir: &Path) -> Result<(StateMachine, Option<String>), StorageError> {
+        let path = dir.join(snapshot::FILE);
+        let loaded = SnapshotFile::load(&path).and_then(|f| match f {
+            Some(file) => {
+                let meta = file.meta.clone();
+                Ok((file.into_state()?, Some(meta)))
+            }
+            None => Ok((SmState::empty(), None)),
+        });
+        let (state, current, discarded) = match loaded {
+            Ok((state, current)) => (state, current, None),
+            Err(e) => {
+                let aside = path.with_extension("bin.damaged");
+                std::fs::rename(&path, &aside).map_err(|e| StorageError::io(&path, e))?;
+                (SmState::empty(), None, Some(format!("{e}; moved to {}", aside.display())))
+            }
+        };
+        let shared =
+            Shared { state: RwLock::new(state), dir: dir.into(), current: Mutex::new(current) };
+        Ok((StateMachine { shared: Arc::new(shared) }, discarded))
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcome {
+    state.last_applied = Some(entry.log_id);
+    match entry.payload {
+        EntryPayload::Blank => Outcome::Nothing,
+        EntryPayload::Membership(m) => {
+            state.membership = StoredMembership::new(Some(entry.log_id), m);
+            Outcome::Nothing
+        }
+        EntryPayload::Normal(p) => match p.decode() {
+            Err(e) => {
+                state.lsns.refused(entry.log_id.index);
+                Outcome::Malformed(e)
+            }
+            Ok(batch) => match state.ledger.apply(&batch.events, batch.ts) {
+                Ok(applied) => {
+                    state.lsns.accepted(entry.log_id.index, applied.first_lsn, applied.last_lsn);
+                    Outcome::Applied(applied)
+                }
+                Err(refusal) => {
+                    state.lsns.refused(entry.log_id.index);
+                    Outcome::Refused(refusal)
+                }
+            },
+        },
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), RaftError> {
+        let s = self.shared.state.read().expect("state lock");
+        Ok((s.last_applied, s.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, RaftError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut s = self.shared.state.write().expect("state lock");
+        Ok(entries.into_iter().map(|e| apply_entry(&mut s, e)).collect())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftError> {
+        let bytes = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        let file = SnapshotFile::decode(&bytes).map_err(|e| {
+            RaftError::from(StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e)))
+        })?;
+        let state = file.into_state().map_err(|e| {
+            RaftError::from(StorageIOError::read_snapshot(sig.clone(), AnyError::new(&e)))
+        })?;
+        meta::write_atomic(&self.shared.snapshot_path(), &bytes)
+            .map_err(|e| RaftError::from(StorageIOError::write_snapshot(sig, AnyError::new(&e))))?;
+        *self.shared.state.write().expect("state lock") = state;
+        *self.shared.current.lock().expect("snapshot lock") = Some(meta.clone());
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftError> {
+        let Some(meta) = self.shared.current.lock().expect("snapshot lock").clone() else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(self.shared.snapshot_path()).map_err(|e| {
+            RaftError::from(StorageIOError::read_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken under a short read lock, so applying goes
+/// on while the snapshot is encoded and written.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftError> {
+        let (ledger, last_applied, membership, lsns) = {
+            let s = self.shared.state.read().expect("state lock");
+            (s.ledger.clone(), s.last_applied, s.membership.clone(), s.lsns.clone())
+        };
+        let snapshot_id = match last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+            None => "empty".into(),
+        };
+        let meta =
+            SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
+        let bytes = SnapshotFile::encode(&meta, &lsns, &ledger);
+        meta::write_atomic(&self.shared.snapshot_path(), &bytes).map_err(|e| {
+            RaftError::from(StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                AnyError::new(&e),
+            ))
+        })?;
+        *self.shared.current.lock().expect("snapshot lock") = Some(meta.clone());
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+    }
+}

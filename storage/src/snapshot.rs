@@ -1,0 +1,100 @@
+//! The snapshot file: the engine state at a log id, written whole and atomically, so that a
+//! restart loads it and Raft re-applies only the entries after it. A snapshot never replaces
+//! the log: every event stays in the segments.
+//!
+//! Layout: magic `TALLYSNP`, format version (u32), meta length (u32), Raft snapshot meta (JSON),
+//! the lsn index (`lsn.rs`), image length (u64), zero padding to a 16-byte boundary, the engine
+//! image (`Ledger::encode_image`), and a CRC32C of everything before it.
+
+use std::path::Path;
+
+use openraft::{BasicNode, SnapshotMeta};
+use tally_engine::Ledger;
+
+use crate::error::StorageError;
+use crate::lsn::LsnIndex;
+use crate::raft::{NodeId, SmState};
+
+pub const FILE: &str = "snapshot.bin";
+const MAGIC: &[u8; 8] = b"TALLYSNP";
+const VERSION: u32 = 1;
+
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta<NodeId, BasicNode>,
+    pub lsns: LsnIndex,
+    image: Vec<u8>,
+}
+
+fn bad(reason: impl std::fmt::Display) -> StorageError {
+    StorageError::Invalid(format!("snapshot: {reason}"))
+}
+
+impl SnapshotFile {
+    pub fn encode(
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        lsns: &LsnIndex,
+        ledger: &Ledger,
+    ) -> Vec<u8> {
+        let meta_json = serde_json::to_vec(meta).expect("snapshot meta serialises");
+        let image = ledger.encode_image();
+        let mut out = Vec::with_capacity(image.len() + meta_json.len() + 1024);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&meta_json);
+        lsns.encode(&mut out);
+        out.extend_from_slice(&(image.len() as u64).to_le_bytes());
+        out.resize(out.len().next_multiple_of(16), 0);
+        out.extend_from_slice(&image);
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotFile, StorageError> {
+        if bytes.len() < 20 || &bytes[..8] != MAGIC {
+            return Err(bad("not a Tally snapshot"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err(bad("checksum mismatch"));
+        }
+        let version = u32::from_le_bytes(body[8..12].try_into().expect("4"));
+        if version != VERSION {
+            return Err(bad(format!("format version {version}, this build reads {VERSION}")));
+        }
+        let meta_len = u32::from_le_bytes(body[12..16].try_into().expect("4")) as usize;
+        let meta_end = 16usize
+            .checked_add(meta_len)
+            .filter(|&e| e <= body.len())
+            .ok_or_else(|| bad("truncated"))?;
+        let meta = serde_json::from_slice(&body[16..meta_end]).map_err(bad)?;
+        let (lsns, used) =
+            LsnIndex::decode(&body[meta_end..]).ok_or_else(|| bad("bad lsn index"))?;
+        let at = meta_end + used;
+        let len = body.get(at..at + 8).ok_or_else(|| bad("truncated"))?;
+        let image_len = u64::from_le_bytes(len.try_into().expect("8")) as usize;
+        let start = (at + 8).next_multiple_of(16);
+        let image = body
+            .get(start..start.saturating_add(image_len))
+            .ok_or_else(|| bad("truncated image"))?;
+        Ok(SnapshotFile { meta, lsns, image: image.to_vec() })
+    }
+
+    pub fn load(path: &Path) -> Result<Option<SnapshotFile>, StorageError> {
+        match crate::meta::read(path)? {
+            None => Ok(None),
+            Some(bytes) => Self::decode(&bytes).map(Some),
+        }
+    }
+
+    pub fn into_state(self) -> Result<SmState, StorageError> {
+        let ledger = Ledger::decode_image(&self.image).map_err(bad)?;
+        Ok(SmState {
+            ledger,
+            last_applied: self.meta.last_log_id,
+            membership: self.meta.last_membership.clone(),
+            lsns: self.lsns,
+        })
+    }
+}
