@@ -2,6 +2,7 @@
 //! state machine that turns a log into balances. Pure: no I/O, no network, no storage, no
 //! CUDA. Every other crate leans on this one; see docs/architecture.md for the data layout.
 
+mod audit;
 mod digest;
 mod error;
 mod event;

@@ -45,6 +45,14 @@ impl Default for Options {
     }
 }
 
+type WriteRx =
+    <<TypeConfig as openraft::RaftTypeConfig>::Responder as openraft::raft::responder::Responder<
+        TypeConfig,
+    >>::Receiver;
+
+/// A batch handed to Raft (`Database::submit`), not yet known durable.
+pub struct PendingWrite(WriteRx);
+
 /// What opening a database found and did.
 #[derive(Debug, Clone, Default)]
 pub struct Opened {
@@ -168,11 +176,29 @@ impl Database {
         self.rt.block_on(self.write_async(events))
     }
 
-    /// As `write`, for async callers (several may be in flight; their fsyncs are shared).
+    /// As `write`, for async callers.
     pub async fn write_async(&self, events: Vec<Event>) -> Result<Applied, WriteError> {
+        let pending = self.submit(events).await?;
+        self.finish(pending).await
+    }
+
+    /// Hands a batch to Raft and returns without waiting for it. Batches submitted one after
+    /// another are appended and applied in that order, and their fsyncs are shared (group
+    /// commit), so a pipeline of submissions is the fast way to ingest.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<PendingWrite, WriteError> {
         let proposal = Proposal::new(now_micros(), events);
-        let response =
-            self.raft.client_write(proposal).await.map_err(|e| WriteError::Raft(e.to_string()))?;
+        let rx = self
+            .raft
+            .client_write_ff(proposal)
+            .await
+            .map_err(|e| WriteError::Raft(e.to_string()))?;
+        Ok(PendingWrite(rx))
+    }
+
+    /// Waits for a submitted batch: its lsns once durable and applied, or its refusal.
+    pub async fn finish(&self, pending: PendingWrite) -> Result<Applied, WriteError> {
+        let result = pending.0.await.map_err(|e| WriteError::Raft(e.to_string()))?;
+        let response = result.map_err(|e| WriteError::Raft(e.to_string()))?;
         let applied = match response.data {
             Outcome::Applied(a) => a,
             Outcome::Refused(r) => return Err(WriteError::Refused(r)),

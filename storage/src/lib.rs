@@ -13,7 +13,12 @@ pub mod raft;
 pub mod record;
 pub mod segment;
 pub mod snapshot;
+pub mod verify;
 
 pub use error::StorageError;
 
-pub use db::{Database, Opened, Options, WriteError};
+pub use db::{Database, Opened, Options, PendingWrite, WriteError};
+
+fn merkle_hex(h: &[u8; 32]) -> String {
+    tally_engine::merkle::to_hex(h)
+}

@@ -46,6 +46,8 @@ pub struct Recovery {
     pub reindexed: Vec<PathBuf>,
     /// An empty segment whose creation was interrupted, removed.
     pub removed_empty: Option<PathBuf>,
+    /// The cut (`torn`) was at a damaged record with valid records after it (`Log::salvage`).
+    pub salvaged: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,17 @@ pub struct Log {
 impl Log {
     /// Opens (or creates) the log in `dir`, recovering from an interrupted write.
     pub fn open(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovery)> {
+        Self::open_mode(dir, segment_bytes, false)
+    }
+
+    /// Opens a log that `open` refused as corrupt, cutting it at the first damaged record of
+    /// its last segment (everything after it is zeroed). Explicit and destructive: for
+    /// `tally salvage` only.
+    pub fn salvage(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovery)> {
+        Self::open_mode(dir, segment_bytes, true)
+    }
+
+    fn open_mode(dir: &Path, segment_bytes: u64, salvage: bool) -> Result<(Log, Recovery)> {
         std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
         let mut names: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
             .map_err(|e| StorageError::io(dir, e))?
@@ -114,7 +127,7 @@ impl Log {
                     }
                 }
             } else {
-                scan_active(&mut seg, last, &mut recovery)?;
+                scan_active(&mut seg, last, salvage, &mut recovery)?;
             }
             // Segments never overlap; a gap is where Raft installed a snapshot past the log's
             // end (`start_at`).
@@ -366,7 +379,12 @@ fn zero(seg: &Segment, from: u64, to: u64) -> Result<()> {
 
 /// Reads the records of an unsealed segment, checking each, and decides what a bad record
 /// means: the torn tail of an interrupted write (cut it) or damage to a durable record (stop).
-fn scan_active(seg: &mut Segment, last: bool, recovery: &mut Recovery) -> Result<()> {
+fn scan_active(
+    seg: &mut Segment,
+    last: bool,
+    salvage: bool,
+    recovery: &mut Recovery,
+) -> Result<()> {
     let data_len = seg.capacity() as usize;
     let mut at = HEADER_SIZE as usize;
     let mut expected = seg.first_index;
@@ -389,7 +407,7 @@ fn scan_active(seg: &mut Segment, last: bool, recovery: &mut Recovery) -> Result
                         _ => None,
                     }
                 });
-                if later.is_some() || !last {
+                if !last || (later.is_some() && !salvage) {
                     return Err(StorageError::Corrupt {
                         path: seg.path.clone(),
                         offset: at as u64,
@@ -401,6 +419,7 @@ fn scan_active(seg: &mut Segment, last: bool, recovery: &mut Recovery) -> Result
                 let dirty_end =
                     (dirty_end + 1).next_multiple_of(record::ALIGN as u64).min(data_len as u64);
                 zero(seg, at as u64, dirty_end)?;
+                recovery.salvaged = later.is_some();
                 recovery.torn = Some(TornTail {
                     path: seg.path.clone(),
                     offset: at as u64,

@@ -211,6 +211,7 @@ proptest! {
             prop_assert_eq!(l.open_epoch(), oracle.open_epoch());
         }
         check_against_oracle(&l, &oracle);
+        l.audit().unwrap();
         let rebuilt = replay(log.clone(), &CpuSettler).unwrap();
         prop_assert_eq!(rebuilt.digest(), l.digest(), "replay differs from the live state");
         // Replaying with event-by-event incremental settlement gives the same state too.
