@@ -3,6 +3,7 @@
 //! log at its last good record). Argument parsing and output only; the work is in the crates.
 
 mod demo;
+mod torture;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,15 @@ enum Command {
         #[arg(long, default_value = "./tally-data")]
         data: PathBuf,
     },
+    /// Fault-testing aid: write numbered batches until killed, acknowledging each.
+    #[command(hide = true)]
+    Torture {
+        #[arg(long)]
+        data: PathBuf,
+        /// Stop after this many batches (default: never).
+        #[arg(long)]
+        batches: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -50,6 +60,7 @@ fn main() -> ExitCode {
         Command::Demo { data, seed, inferences } => demo::run(&data, seed, inferences),
         Command::Verify { data } => verify(&data),
         Command::Salvage { data } => salvage(&data),
+        Command::Torture { data, batches } => torture::run(&data, batches),
     };
     match result {
         Ok(code) => code,
