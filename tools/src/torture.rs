@@ -61,20 +61,20 @@ fn batch(k: u64) -> Vec<Event> {
         };
         events.push(inference.into_event(events.len()).expect("valid scores"));
     }
-    if k % 7 == 0 && k / 7 < CONTRIBUTIONS as u64 {
+    if k.is_multiple_of(7) && k / 7 < CONTRIBUTIONS as u64 {
         events.push(Event::Revocation(Revocation {
             contribution: format!("c-{}", k / 7),
             reason: "torture".into(),
         }));
     }
-    if k % 11 == 0 {
+    if k.is_multiple_of(11) {
         events.push(Event::Policy(Policy {
             protocol_bps: (k % 3 * 500) as i64,
             model_bps: 2000,
             base_bps: 1000,
         }));
     }
-    if k % 13 == 0 {
+    if k.is_multiple_of(13) {
         events.push(Event::Settlement(Settlement { epoch: k / 13 }));
     }
     events
