@@ -24,8 +24,10 @@ use tally_engine::{Applied, Event, Ledger, Refusal};
 
 use crate::error::StorageError;
 use crate::log::{Recovery, SEGMENT_BYTES};
-use crate::payload::{Outcome, Proposal};
+use crate::payload::{self, Outcome, Proposal};
 use crate::raft::{LogStore, NodeId, Shared, StateMachine, TypeConfig};
+use rkyv::util::AlignedVec;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// This node's id in its one-node group.
 const NODE: NodeId = 1;
@@ -45,13 +47,89 @@ impl Default for Options {
     }
 }
 
-type WriteRx =
-    <<TypeConfig as openraft::RaftTypeConfig>::Responder as openraft::raft::responder::Responder<
-        TypeConfig,
-    >>::Receiver;
+/// A batch handed over by `Database::submit`, not yet known durable.
+pub struct PendingWrite(oneshot::Receiver<Result<Applied, WriteError>>);
 
-/// A batch handed to Raft (`Database::submit`), not yet known durable.
-pub struct PendingWrite(WriteRx);
+struct Request {
+    part: AlignedVec<16>,
+    reply: oneshot::Sender<Result<Applied, WriteError>>,
+}
+
+/// Submitted batches waiting for the coalescer.
+const QUEUE: usize = 4096;
+/// Raft entries proposed and not yet applied; while they are in flight, new batches gather
+/// into the next entry.
+const ENTRIES_IN_FLIGHT: usize = 2;
+/// A group stops growing at this many bytes (a single larger batch still goes alone).
+const GROUP_BYTES: usize = 64 << 20;
+
+/// Groups submitted batches into Raft entries (see `submit`) and routes each batch's outcome
+/// back to its writer.
+async fn coalesce(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Request>) {
+    let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.part.len();
+        let mut group = vec![first];
+        while group.len() < payload::MAX_PARTS && bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(r) => {
+                    bytes += r.part.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let parts: Vec<AlignedVec<16>> =
+            group.iter_mut().map(|r| std::mem::take(&mut r.part)).collect();
+        let replies: Vec<_> = group.into_iter().map(|r| r.reply).collect();
+        match raft.client_write_ff(Proposal::group(&parts)).await {
+            Err(e) => {
+                for r in replies {
+                    let _ = r.send(Err(WriteError::Raft(e.to_string())));
+                }
+            }
+            Ok(response) => {
+                tokio::spawn(async move {
+                    let outcomes = match response.await {
+                        Ok(Ok(r)) => Ok(r.data.0),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    route(outcomes, replies);
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Applied, WriteError>>;
+
+fn route(outcomes: Result<Vec<Outcome>, String>, replies: Vec<Reply>) {
+    match outcomes {
+        Ok(outcomes) if outcomes.len() == replies.len() => {
+            for (o, r) in outcomes.into_iter().zip(replies) {
+                let _ = r.send(match o {
+                    Outcome::Applied(a) => Ok(a),
+                    Outcome::Refused(refusal) => Err(WriteError::Refused(refusal)),
+                    Outcome::Malformed(m) => Err(WriteError::Malformed(m)),
+                });
+            }
+        }
+        Ok(outcomes) => {
+            let why = format!("{} outcomes for {} batches", outcomes.len(), replies.len());
+            for r in replies {
+                let _ = r.send(Err(WriteError::Raft(why.clone())));
+            }
+        }
+        Err(e) => {
+            for r in replies {
+                let _ = r.send(Err(WriteError::Raft(e.clone())));
+            }
+        }
+    }
+}
 
 /// What opening a database found and did.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +159,7 @@ pub struct Database {
     recovery: Opened,
     options: Options,
     snapshot_lsn: AtomicU64,
+    coalescer: mpsc::Sender<Request>,
     _lock: File,
 }
 
@@ -159,7 +238,20 @@ impl Database {
         })?;
         let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
         let recovery = Opened { log: recovery, snapshot_discarded };
-        Ok(Database { rt, raft, shared, log, dir, recovery, options, snapshot_lsn, _lock: lock })
+        let (coalescer, rx) = mpsc::channel(QUEUE);
+        rt.spawn(coalesce(raft.clone(), rx));
+        Ok(Database {
+            rt,
+            raft,
+            shared,
+            log,
+            dir,
+            recovery,
+            options,
+            snapshot_lsn,
+            coalescer,
+            _lock: lock,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -182,30 +274,25 @@ impl Database {
         self.finish(pending).await
     }
 
-    /// Hands a batch to Raft and returns without waiting for it. Batches submitted one after
-    /// another are appended and applied in that order, and their fsyncs are shared (group
-    /// commit), so a pipeline of submissions is the fast way to ingest.
+    /// Hands a batch over for appending and returns without waiting for it. Batches submitted
+    /// one after another are appended and applied in that order. Batches waiting while the
+    /// log syncs are grouped into one Raft entry, so they share one fsync (group commit) while
+    /// each stays atomic on its own.
     pub async fn submit(&self, events: Vec<Event>) -> Result<PendingWrite, WriteError> {
-        let proposal = Proposal::new(now_micros(), events);
-        let rx = self
-            .raft
-            .client_write_ff(proposal)
+        let part = payload::encode_batch(now_micros(), events);
+        let (reply, rx) = oneshot::channel();
+        self.coalescer
+            .send(Request { part, reply })
             .await
-            .map_err(|e| WriteError::Raft(e.to_string()))?;
+            .map_err(|_| WriteError::Raft("the database is shutting down".into()))?;
         Ok(PendingWrite(rx))
     }
 
     /// Waits for a submitted batch: its lsns once durable and applied, or its refusal.
     pub async fn finish(&self, pending: PendingWrite) -> Result<Applied, WriteError> {
-        let result = pending.0.await.map_err(|e| WriteError::Raft(e.to_string()))?;
-        let response = result.map_err(|e| WriteError::Raft(e.to_string()))?;
-        let applied = match response.data {
-            Outcome::Applied(a) => a,
-            Outcome::Refused(r) => return Err(WriteError::Refused(r)),
-            Outcome::Malformed(m) => return Err(WriteError::Malformed(m)),
-            Outcome::Nothing => return Err(WriteError::Raft("the entry carried no batch".into())),
-        };
-        let since = applied.last_lsn - self.snapshot_lsn.load(Ordering::Relaxed);
+        let applied =
+            pending.0.await.map_err(|_| WriteError::Raft("the write was dropped".into()))??;
+        let since = applied.last_lsn.saturating_sub(self.snapshot_lsn.load(Ordering::Relaxed));
         if since >= self.options.snapshot_every_events {
             self.snapshot_lsn.store(applied.last_lsn, Ordering::Relaxed);
             let _ = self.raft.trigger().snapshot().await;

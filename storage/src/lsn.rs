@@ -1,8 +1,9 @@
 //! Where ledger lsns live in the log. Lsns are assigned at apply and are dense over accepted
 //! events only, so the log index of a batch does not tell its lsns. This index keeps one point
-//! (first lsn, log index) per `BLOCK` lsns, plus the (rare) log indexes of batch entries that
-//! were refused at apply; a scan for lsn L starts at the point at or before L and counts events
-//! of the batch entries after it, skipping refused ones.
+//! (first lsn, log index) per `BLOCK` lsns, plus the (rare) batches that were refused at apply,
+//! as (log index, part); a scan for lsn L starts at the point at or before L and counts events
+//! of the batches after it, skipping refused ones. A point's log index is that of the entry
+//! holding the batch whose first lsn it records.
 
 /// Lsns between two points of the index.
 pub const BLOCK: u64 = 4096;
@@ -10,7 +11,7 @@ pub const BLOCK: u64 = 4096;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LsnIndex {
     points: Vec<(u64, u64)>,
-    refused: Vec<u64>,
+    refused: Vec<(u64, u32)>,
     last_lsn: u64,
 }
 
@@ -26,13 +27,14 @@ impl LsnIndex {
         self.last_lsn = last;
     }
 
-    pub fn refused(&mut self, index: u64) {
-        debug_assert!(self.refused.last().is_none_or(|&r| r < index));
-        self.refused.push(index);
+    /// Batch `part` of the entry at `index` was refused.
+    pub fn refused(&mut self, index: u64, part: u32) {
+        debug_assert!(self.refused.last().is_none_or(|&r| r < (index, part)));
+        self.refused.push((index, part));
     }
 
-    pub fn is_refused(&self, index: u64) -> bool {
-        self.refused.binary_search(&index).is_ok()
+    pub fn is_refused(&self, index: u64, part: u32) -> bool {
+        self.refused.binary_search(&(index, part)).is_ok()
     }
 
     pub fn last_lsn(&self) -> u64 {
@@ -52,8 +54,9 @@ impl LsnIndex {
             out.extend_from_slice(&i.to_le_bytes());
         }
         out.extend_from_slice(&(self.refused.len() as u64).to_le_bytes());
-        for &r in &self.refused {
-            out.extend_from_slice(&r.to_le_bytes());
+        for &(i, p) in &self.refused {
+            out.extend_from_slice(&i.to_le_bytes());
+            out.extend_from_slice(&u64::from(p).to_le_bytes());
         }
         out.extend_from_slice(&self.last_lsn.to_le_bytes());
     }
@@ -75,12 +78,12 @@ impl LsnIndex {
             points.push((u64_next()?, u64_next()?));
         }
         let m = u64_next()? as usize;
-        if m > bytes.len() / 8 {
+        if m > bytes.len() / 16 {
             return None;
         }
         let mut refused = Vec::with_capacity(m);
         for _ in 0..m {
-            refused.push(u64_next()?);
+            refused.push((u64_next()?, u32::try_from(u64_next()?).ok()?));
         }
         let last_lsn = u64_next()?;
         Some((LsnIndex { points, refused, last_lsn }, at))
@@ -95,7 +98,7 @@ mod tests {
     fn points_every_block_and_round_trip() {
         let mut ix = LsnIndex::default();
         ix.accepted(1, 1, 10);
-        ix.refused(2);
+        ix.refused(2, 0);
         ix.accepted(3, 11, 4100);
         ix.accepted(4, 4101, 4101);
         ix.accepted(5, 4102, 4101); // empty batch
@@ -105,7 +108,7 @@ mod tests {
         assert_eq!(ix.locate(4101), Some((4101, 4)));
         assert_eq!(ix.locate(8999), Some((4101, 4)));
         assert_eq!(ix.locate(0), None);
-        assert!(ix.is_refused(2) && !ix.is_refused(3));
+        assert!(ix.is_refused(2, 0) && !ix.is_refused(3, 0) && !ix.is_refused(2, 1));
         let mut b = Vec::new();
         ix.encode(&mut b);
         assert_eq!(LsnIndex::decode(&b), Some((ix, b.len())));

@@ -1,20 +1,34 @@
-//! What a ledger batch looks like inside a Raft entry and a log record: the leader's timestamp
-//! and the events, archived with rkyv. The bytes are produced once by the proposer, travel
-//! unchanged through Raft, land in a segment as the record payload, and are read in place.
+//! What ledger batches look like inside a Raft entry and a log record. Each batch is one rkyv
+//! archive of a `BatchRecord` (its timestamp and events), made once by the writer that submits
+//! it. Concurrent writers' batches are grouped into one entry (one fsync for all of them; see
+//! `db.rs`), and each stays atomic on its own: the entry's payload is a table of parts.
+//!
+//! Entry payload layout (little-endian): part count (u32), zero (u32), then per part its
+//! offset and length (u64 each, offsets from the payload start), zero padding to 16 bytes, then
+//! the parts, each starting 16-byte aligned so that it is read in place.
 
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use tally_engine::{Applied, Event, Refusal};
 
-/// The archived content of a batch record.
+/// Most batches grouped into one entry.
+pub const MAX_PARTS: usize = 4096;
+
+/// The archived content of one batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct BatchRecord {
-    /// Microseconds since the Unix epoch, stamped by the leader when it proposed the batch.
+    /// Microseconds since the Unix epoch, stamped when the batch was submitted.
     pub ts: i64,
     pub events: Vec<Event>,
 }
 
-/// A proposed batch: rkyv bytes of a `BatchRecord`, 16-byte aligned.
+/// One batch, archived (16-byte aligned bytes of a `BatchRecord`).
+pub fn encode_batch(ts: i64, events: Vec<Event>) -> AlignedVec<16> {
+    rkyv::to_bytes::<rkyv::rancor::Error>(&BatchRecord { ts, events })
+        .expect("serialising a batch cannot fail")
+}
+
+/// A Raft entry's payload: one or more archived batches.
 #[derive(Clone, Debug)]
 pub struct Proposal {
     bytes: AlignedVec<16>,
@@ -29,11 +43,31 @@ impl PartialEq for Proposal {
 impl Eq for Proposal {}
 
 impl Proposal {
-    pub fn new(ts: i64, events: Vec<Event>) -> Proposal {
-        let record = BatchRecord { ts, events };
-        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&record)
-            .expect("serialising a batch cannot fail");
+    /// Groups archived batches (from `encode_batch`) into one entry payload.
+    pub fn group(parts: &[AlignedVec<16>]) -> Proposal {
+        assert!(!parts.is_empty() && parts.len() <= MAX_PARTS);
+        let table = (8 + parts.len() * 16).next_multiple_of(16);
+        let total = table + parts.iter().map(|p| p.len().next_multiple_of(16)).sum::<usize>();
+        let mut bytes = AlignedVec::<16>::with_capacity(total);
+        bytes.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        let mut at = table;
+        for p in parts {
+            bytes.extend_from_slice(&(at as u64).to_le_bytes());
+            bytes.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            at += p.len().next_multiple_of(16);
+        }
+        bytes.resize(table, 0);
+        for p in parts {
+            bytes.extend_from_slice(p);
+            bytes.resize(bytes.len().next_multiple_of(16), 0);
+        }
         Proposal { bytes }
+    }
+
+    /// One batch as its own entry.
+    pub fn single(ts: i64, events: Vec<Event>) -> Proposal {
+        Proposal::group(&[encode_batch(ts, events)])
     }
 
     /// Wraps bytes read from a log record or received from a peer (copied to aligned memory).
@@ -46,11 +80,30 @@ impl Proposal {
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
 
-    /// Checks the archive (it may come from a disk or a peer) and returns its events.
-    pub fn decode(&self) -> Result<BatchRecord, String> {
-        decode(&self.bytes)
+/// The archived batches of an entry payload (16-byte aligned bytes), checked for shape; each
+/// part is checked as an archive only when decoded.
+pub fn parts(payload: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let bad = |why: &str| Err(format!("malformed entry: {why}"));
+    if payload.len() < 8 {
+        return bad("shorter than its header");
     }
+    let n = u32::from_le_bytes(payload[..4].try_into().expect("4")) as usize;
+    if n == 0 || n > MAX_PARTS || payload.len() < 8 + n * 16 {
+        return bad("bad part count");
+    }
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let at = 8 + k * 16;
+        let off = u64::from_le_bytes(payload[at..at + 8].try_into().expect("8")) as usize;
+        let len = u64::from_le_bytes(payload[at + 8..at + 16].try_into().expect("8")) as usize;
+        if off % 16 != 0 || off.checked_add(len).is_none_or(|end| end > payload.len()) {
+            return bad("part out of bounds");
+        }
+        out.push(&payload[off..off + len]);
+    }
+    Ok(out)
 }
 
 /// Checks and deserialises a batch archive from 16-byte aligned bytes.
@@ -98,14 +151,17 @@ impl<'de> serde::Deserialize<'de> for Proposal {
     }
 }
 
-/// What applying one Raft entry gave.
+/// What applying one batch of an entry gave.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
-    /// A blank or membership entry: no ledger events.
-    Nothing,
     Applied(Applied),
     /// Refused as a whole; no ledger event, no lsn.
     Refused(Refusal),
-    /// The entry's bytes are not a batch archive (a bug or damage upstream); refused.
+    /// The bytes are not a batch archive (a bug or damage upstream); refused.
     Malformed(String),
 }
+
+/// What applying one Raft entry gave: one outcome per batch, in order (none for a blank or
+/// membership entry).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Outcomes(pub Vec<Outcome>);

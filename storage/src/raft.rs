@@ -25,7 +25,7 @@ use crate::flusher::Flusher;
 use crate::log::{Log, NewRecord, Recovery};
 use crate::lsn::LsnIndex;
 use crate::meta;
-use crate::payload::{Outcome, Proposal};
+use crate::payload::{self, Outcome, Outcomes, Proposal};
 use crate::record::Kind;
 use crate::snapshot::{self, SnapshotFile};
 
@@ -33,7 +33,7 @@ openraft::declare_raft_types!(
     /// Tally's Raft types: entries carry ledger batches, applying one gives an `Outcome`.
     pub TypeConfig:
         D = Proposal,
-        R = Outcome,
+        R = Outcomes,
         NodeId = u64,
         Node = BasicNode,
         Entry = Entry<TypeConfig>,
@@ -368,30 +368,49 @@ impl StateMachine {
     }
 }
 
-fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcome {
+fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcomes {
+    let index = entry.log_id.index;
     state.last_applied = Some(entry.log_id);
     match entry.payload {
-        EntryPayload::Blank => Outcome::Nothing,
+        EntryPayload::Blank => Outcomes::default(),
         EntryPayload::Membership(m) => {
             state.membership = StoredMembership::new(Some(entry.log_id), m);
-            Outcome::Nothing
+            Outcomes::default()
         }
-        EntryPayload::Normal(p) => match p.decode() {
+        EntryPayload::Normal(p) => match payload::parts(p.as_bytes()) {
             Err(e) => {
-                state.lsns.refused(entry.log_id.index);
-                Outcome::Malformed(e)
+                state.lsns.refused(index, 0);
+                Outcomes(vec![Outcome::Malformed(e)])
             }
-            Ok(batch) => match state.ledger.apply(&batch.events, batch.ts) {
-                Ok(applied) => {
-                    state.lsns.accepted(entry.log_id.index, applied.first_lsn, applied.last_lsn);
-                    Outcome::Applied(applied)
-                }
-                Err(refusal) => {
-                    state.lsns.refused(entry.log_id.index);
-                    Outcome::Refused(refusal)
-                }
-            },
+            Ok(parts) => Outcomes(
+                parts
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, part)| apply_batch(state, index, k as u32, part))
+                    .collect(),
+            ),
         },
+    }
+}
+
+/// Applies one batch of an entry: all of it or, refused, none of it.
+fn apply_batch(state: &mut SmState, index: u64, part: u32, bytes: &[u8]) -> Outcome {
+    let batch = match payload::decode(bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            state.lsns.refused(index, part);
+            return Outcome::Malformed(e);
+        }
+    };
+    match state.ledger.apply(&batch.events, batch.ts) {
+        Ok(applied) => {
+            state.lsns.accepted(index, applied.first_lsn, applied.last_lsn);
+            Outcome::Applied(applied)
+        }
+        Err(refusal) => {
+            state.lsns.refused(index, part);
+            Outcome::Refused(refusal)
+        }
     }
 }
 
@@ -405,7 +424,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((s.last_applied, s.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, RaftError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, RaftError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

@@ -47,34 +47,37 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
         problems.push(format!("live state: {e}"));
     }
     let shared = db.shared().clone();
-    // Pass 1: apply every batch record in log order, as the state machine did; record which
-    // were refused and compare with what the live state recorded.
+    // Pass 1: apply every batch of every entry in log order, as the state machine did;
+    // record which were refused and compare with what the live state recorded.
     let mut ledger = Ledger::new();
     let (mut accepted, mut refused) = (0u64, 0u64);
-    let mut refused_at = Vec::new();
+    let mut refused_at: Vec<(u64, u32)> = Vec::new();
     db.log().with_log(|log| {
         let Some(first) = log.first_index() else { return };
-        for r in log.iter_from(first) {
-            if r.header.kind != Kind::Batch {
-                continue;
+        for r in log.iter_from(first).filter(|r| r.header.kind == Kind::Batch) {
+            let parts = payload::parts(r.payload).unwrap_or_default();
+            if parts.is_empty() {
+                refused += 1;
+                refused_at.push((r.header.index, 0));
             }
-            let outcome = payload::decode(r.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|b| ledger.apply(&b.events, b.ts).map_err(|e| e.to_string()));
-            match outcome {
-                Ok(_) => accepted += 1,
-                Err(_) => {
-                    refused += 1;
-                    refused_at.push(r.header.index);
+            for (k, part) in parts.into_iter().enumerate() {
+                let outcome = payload::decode(part)
+                    .and_then(|b| ledger.apply(&b.events, b.ts).map_err(|e| e.to_string()));
+                match outcome {
+                    Ok(_) => accepted += 1,
+                    Err(_) => {
+                        refused += 1;
+                        refused_at.push((r.header.index, k as u32));
+                    }
                 }
             }
         }
     });
     {
         let state = shared.state.read().expect("state lock");
-        for &i in &refused_at {
-            if !state.lsns.is_refused(i) {
-                problems.push(format!("log index {i}: refused on replay but accepted live"));
+        for &(i, k) in &refused_at {
+            if !state.lsns.is_refused(i, k) {
+                problems.push(format!("log index {i} batch {k}: refused on replay, accepted live"));
             }
         }
         if state.lsns.last_lsn() != ledger.last_lsn() {
@@ -93,15 +96,23 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
         let Some(first) = log.first_index() else {
             return replay(Vec::<LoggedEvent>::new(), &CpuSettler);
         };
+        let refused_at = &refused_at;
         let mut lsn = 0u64;
         let mut ts = 0i64;
         let stream = log
             .iter_from(first)
-            .filter(|r| {
-                r.header.kind == Kind::Batch && refused_at.binary_search(&r.header.index).is_err()
-            })
+            .filter(|r| r.header.kind == Kind::Batch)
             .flat_map(|r| {
-                let b = payload::decode(r.payload).expect("decoded in pass 1");
+                let index = r.header.index;
+                let parts = payload::parts(r.payload).unwrap_or_default();
+                parts.into_iter().enumerate().filter_map(move |(k, part)| {
+                    if refused_at.binary_search(&(index, k as u32)).is_ok() {
+                        return None;
+                    }
+                    Some(payload::decode(part).expect("decoded in pass 1"))
+                })
+            })
+            .flat_map(|b| {
                 ts = ts.max(b.ts);
                 let batch_ts = ts;
                 b.events.into_iter().map(move |event| (batch_ts, event))

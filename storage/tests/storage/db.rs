@@ -70,3 +70,46 @@ fn one_process_per_data_directory() {
     drop(db);
     Database::open_with(dir.path(), small()).unwrap();
 }
+
+#[test]
+fn concurrent_batches_share_fsyncs_and_each_stays_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_with(dir.path(), small()).unwrap();
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    let entries_before = db.log().with_log(|l| l.last_index().unwrap());
+    let results = db.runtime().block_on(async {
+        let mut pending = Vec::new();
+        for k in 0..300 {
+            // Batch 150 repeats batch 10's datanet: it alone must be refused.
+            let id = if k == 150 { "g-10".to_string() } else { format!("g-{k}") };
+            pending.push(db.submit(vec![dn(id.clone()), dn(format!("{id}-second"))]).await.unwrap());
+        }
+        let mut out = Vec::new();
+        for p in pending {
+            out.push(db.finish(p).await);
+        }
+        out
+    });
+    let mut next = 1;
+    for (k, r) in results.iter().enumerate() {
+        match r {
+            Ok(a) => {
+                assert_ne!(k, 150);
+                assert_eq!((a.first_lsn, a.last_lsn), (next, next + 1), "batch {k}");
+                next += 2;
+            }
+            Err(WriteError::Refused(refusal)) => {
+                assert_eq!(k, 150);
+                assert_eq!(refusal.rule, Rule::DuplicateDatanet);
+            }
+            Err(e) => panic!("batch {k}: {e}"),
+        }
+    }
+    assert_eq!(db.read(|l| l.datanets().count()), 299 * 2);
+    let entries = db.log().with_log(|l| l.last_index().unwrap()) - entries_before;
+    assert!(entries < 150, "300 concurrent batches took {entries} log entries: no grouping");
+    drop(db);
+    let report = tally_storage::verify::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.batches_refused, 1);
+}
