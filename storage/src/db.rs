@@ -59,7 +59,7 @@ struct Request {
 const QUEUE: usize = 4096;
 /// Raft entries proposed and not yet applied; while they are in flight, new batches gather
 /// into the next entry.
-const ENTRIES_IN_FLIGHT: usize = 2;
+const ENTRIES_IN_FLIGHT: usize = 4;
 /// A group stops growing at this many bytes (a single larger batch still goes alone).
 const GROUP_BYTES: usize = 64 << 20;
 

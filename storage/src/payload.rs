@@ -98,7 +98,7 @@ pub fn parts(payload: &[u8]) -> Result<Vec<&[u8]>, String> {
         let at = 8 + k * 16;
         let off = u64::from_le_bytes(payload[at..at + 8].try_into().expect("8")) as usize;
         let len = u64::from_le_bytes(payload[at + 8..at + 16].try_into().expect("8")) as usize;
-        if off % 16 != 0 || off.checked_add(len).is_none_or(|end| end > payload.len()) {
+        if !off.is_multiple_of(16) || off.checked_add(len).is_none_or(|end| end > payload.len()) {
             return bad("part out of bounds");
         }
         out.push(&payload[off..off + len]);
