@@ -55,6 +55,63 @@ struct Request {
     reply: oneshot::Sender<Result<Applied, WriteError>>,
 }
 
+/// How often the background checker re-reads every sealed segment's checksum.
+const BACKGROUND_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Re-checks the checksums of sealed segments in the background (first right after open, then
+/// every `BACKGROUND_CHECK_EVERY`), so that damage at rest is found before a reader needs the
+/// records. Sealed segments never change, so this reads them without holding the log's lock.
+struct Checker {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    problem: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Checker {
+    fn start(log: LogStore) -> Checker {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let problem = Arc::new(std::sync::Mutex::new(None));
+        let found = problem.clone();
+        let thread = std::thread::Builder::new()
+            .name("tally-checker".into())
+            .spawn(move || loop {
+                let sealed: Vec<PathBuf> = log.with_log(|l| {
+                    l.segments()
+                        .iter()
+                        .filter(|s| s.sealed.is_some())
+                        .map(|s| s.path.clone())
+                        .collect()
+                });
+                for path in sealed {
+                    if let Err(e) =
+                        crate::segment::Segment::open(&path).and_then(|s| s.verify_sealed())
+                    {
+                        tracing::error!("background check: {e}");
+                        found.lock().expect("checker lock").get_or_insert(e.to_string());
+                    }
+                    if stopped.try_recv().is_ok() {
+                        return;
+                    }
+                }
+                match stopped.recv_timeout(BACKGROUND_CHECK_EVERY) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => return,
+                }
+            })
+            .expect("spawn checker thread");
+        Checker { stop: Some(stop), thread: Some(thread), problem }
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Submitted batches waiting for the coalescer.
 const QUEUE: usize = 4096;
 /// Raft entries proposed and not yet applied; while they are in flight, new batches gather
@@ -65,8 +122,10 @@ const GROUP_BYTES: usize = 64 << 20;
 
 /// Groups submitted batches into Raft entries (see `submit`) and routes each batch's outcome
 /// back to its writer.
-async fn coalesce(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Request>) {
+async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<Request>) {
     let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
+    // Bytes of entries proposed and not yet applied: the log must have room for them too.
+    let in_flight = Arc::new(AtomicU64::new(0));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.part.len();
@@ -83,8 +142,22 @@ async fn coalesce(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Request>) {
         let parts: Vec<AlignedVec<16>> =
             group.iter_mut().map(|r| std::mem::take(&mut r.part)).collect();
         let replies: Vec<_> = group.into_iter().map(|r| r.reply).collect();
-        match raft.client_write_ff(Proposal::group(&parts)).await {
+        let proposal = Proposal::group(&parts);
+        let size = proposal.as_bytes().len() as u64;
+        // Make sure the log has room before Raft sees the entry: a full disk then refuses
+        // these batches with a clear error, and Raft (for which a failed append is fatal)
+        // never sees a write it cannot make.
+        if let Err(e) = log.reserve(size + in_flight.load(Ordering::Acquire)) {
+            for r in replies {
+                let _ = r.send(Err(WriteError::Storage(e.to_string())));
+            }
+            continue;
+        }
+        in_flight.fetch_add(size, Ordering::AcqRel);
+        let done = in_flight.clone();
+        match raft.client_write_ff(proposal).await {
             Err(e) => {
+                in_flight.fetch_sub(size, Ordering::AcqRel);
                 for r in replies {
                     let _ = r.send(Err(WriteError::Raft(e.to_string())));
                 }
@@ -97,6 +170,7 @@ async fn coalesce(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Request>) {
                         Err(e) => Err(e.to_string()),
                     };
                     route(outcomes, replies);
+                    done.fetch_sub(size, Ordering::AcqRel);
                     drop(permit);
                 });
             }
@@ -148,6 +222,9 @@ pub enum WriteError {
     Malformed(String),
     #[error("the write did not complete: {0}")]
     Raft(String),
+    /// Nothing of the batch was written (e.g. the disk is full).
+    #[error("{0}")]
+    Storage(String),
 }
 
 pub struct Database {
@@ -160,6 +237,7 @@ pub struct Database {
     options: Options,
     snapshot_lsn: AtomicU64,
     coalescer: mpsc::Sender<Request>,
+    checker: Checker,
     _lock: File,
 }
 
@@ -239,7 +317,8 @@ impl Database {
         let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
         let recovery = Opened { log: recovery, snapshot_discarded };
         let (coalescer, rx) = mpsc::channel(QUEUE);
-        rt.spawn(coalesce(raft.clone(), rx));
+        rt.spawn(coalesce(raft.clone(), log.clone(), rx));
+        let checker = Checker::start(log.clone());
         Ok(Database {
             rt,
             raft,
@@ -250,12 +329,18 @@ impl Database {
             options,
             snapshot_lsn,
             coalescer,
+            checker,
             _lock: lock,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Damage the background check found in a sealed segment, if any.
+    pub fn background_problem(&self) -> Option<String> {
+        self.checker.problem.lock().expect("checker lock").clone()
     }
 
     /// What opening found (a torn tail cut off, rebuilt indexes, a damaged snapshot).

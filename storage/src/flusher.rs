@@ -102,3 +102,45 @@ fn sync_all(group: &[Request]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A pipe cannot be fsynced (EINVAL): a stand-in for a disk whose fsync fails.
+    fn unsyncable() -> Arc<File> {
+        let (reader, _writer) = std::io::pipe().unwrap();
+        Arc::new(File::from(std::os::fd::OwnedFd::from(reader)))
+    }
+
+    fn request(f: &Flusher, file: Arc<File>, upto: u64) -> mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = mpsc::channel();
+        f.request(file, "test".into(), upto, Box::new(move |r| tx.send(r).unwrap()));
+        rx
+    }
+
+    #[test]
+    fn durable_index_moves_only_after_a_good_fsync() {
+        let durable = Arc::new(AtomicU64::new(0));
+        let f = Flusher::start(durable.clone());
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        assert_eq!(request(&f, file, 7).recv().unwrap(), Ok(()));
+        assert_eq!(durable.load(Ordering::Acquire), 7);
+        assert_eq!(f.poisoned(), None);
+    }
+
+    #[test]
+    fn an_fsync_failure_is_fatal_and_never_retried() {
+        let durable = Arc::new(AtomicU64::new(0));
+        let f = Flusher::start(durable.clone());
+        let err = request(&f, unsyncable(), 5).recv().unwrap().unwrap_err();
+        assert!(err.contains("fdatasync"), "{err}");
+        assert_eq!(durable.load(Ordering::Acquire), 0, "nothing became durable");
+        // Later requests fail too, even on a file that could be synced.
+        let good = Arc::new(tempfile::tempfile().unwrap());
+        assert_eq!(request(&f, good, 9).recv().unwrap(), Err(err.clone()));
+        assert_eq!(f.poisoned(), Some(err));
+        assert_eq!(durable.load(Ordering::Acquire), 0);
+    }
+}

@@ -195,7 +195,8 @@ impl Log {
             if size > MAX_RECORD_BYTES {
                 return Err(StorageError::RecordTooLarge { bytes: size, max: MAX_RECORD_BYTES });
             }
-            let room = self.segments.last().map_or(0, |s| s.capacity() - s.end - buf.len() as u64);
+            let room =
+                self.segments.last().map_or(0, |s| s.room()).saturating_sub(buf.len() as u64);
             if self.segments.is_empty() || (size as u64) > room {
                 self.flush_buf(&mut buf, &mut pending)?;
                 self.roll(r.index, size as u64)?;
@@ -240,7 +241,9 @@ impl Log {
                 let path = active.path.clone();
                 self.segments.pop();
                 std::fs::remove_file(&path).map_err(|e| StorageError::io(&path, e))?;
-            } else {
+            } else if active.sealed.is_none() {
+                // Sealed already when an earlier roll could not create its successor (disk
+                // full): it stays sealed, and this roll tries again.
                 active.seal()?;
                 segment::write_index(active)?;
             }
@@ -248,6 +251,16 @@ impl Log {
         let size = self.segment_bytes.max(HEADER_SIZE + record_size).next_multiple_of(4096);
         self.segments.push(Segment::create(&self.dir, first_index, size)?);
         Ok(())
+    }
+
+    /// Makes the active segment able to take `bytes` more: if it cannot, seals it and creates
+    /// the next one now (large enough for `bytes`), so that the appends to come create no file.
+    pub fn ensure_room(&mut self, bytes: u64) -> Result<()> {
+        let (Some(next), Some(active)) = (self.next, self.segments.last()) else { return Ok(()) };
+        if active.room() >= bytes {
+            return Ok(());
+        }
+        self.roll(next, bytes)
     }
 
     /// Continues the log at `index`, beyond its end (Raft installed a snapshot past it): the

@@ -66,6 +66,9 @@ pub struct LogStore {
     dir: PathBuf,
 }
 
+/// Room kept for Raft's blank and membership entries.
+const RAFT_HEADROOM: u64 = 16 << 10;
+
 const VOTE_FILE: &str = "vote.json";
 const COMMITTED_FILE: &str = "committed.json";
 const PURGED_FILE: &str = "purged.json";
@@ -119,6 +122,17 @@ impl LogStore {
         }
         self.lock().purged = None;
         Ok(())
+    }
+
+    /// Makes sure the log can take `bytes` more (plus room for Raft's own small entries)
+    /// without creating a file: if the active segment is short of room, the next segment is
+    /// created now. Fails, having written nothing, when the disk is full.
+    pub fn reserve(&self, bytes: u64) -> Result<(), StorageError> {
+        let mut inner = self.lock();
+        if let Some(reason) = inner.flusher.poisoned() {
+            return Err(StorageError::Poisoned { path: self.dir.clone(), reason });
+        }
+        inner.log.ensure_room(bytes + RAFT_HEADROOM)
     }
 
     /// Runs `f` on the log (for scans, verification and tools).

@@ -185,6 +185,15 @@ impl Segment {
         self.map.len() as u64
     }
 
+    /// Bytes that can still be appended (none once sealed).
+    pub fn room(&self) -> u64 {
+        if self.sealed.is_some() {
+            0
+        } else {
+            self.capacity() - self.end
+        }
+    }
+
     pub fn data(&self) -> &[u8] {
         &self.map[..]
     }

@@ -82,7 +82,8 @@ fn concurrent_batches_share_fsyncs_and_each_stays_atomic() {
         for k in 0..300 {
             // Batch 150 repeats batch 10's datanet: it alone must be refused.
             let id = if k == 150 { "g-10".to_string() } else { format!("g-{k}") };
-            pending.push(db.submit(vec![dn(id.clone()), dn(format!("{id}-second"))]).await.unwrap());
+            pending
+                .push(db.submit(vec![dn(id.clone()), dn(format!("{id}-second"))]).await.unwrap());
         }
         let mut out = Vec::new();
         for p in pending {
@@ -112,4 +113,112 @@ fn concurrent_batches_share_fsyncs_and_each_stays_atomic() {
     let report = tally_storage::verify::verify(dir.path()).unwrap();
     assert!(report.ok(), "{:?}", report.problems);
     assert_eq!(report.batches_refused, 1);
+}
+
+/// A tmpfs of a given size, unmounted on drop (needs root, as CI runs).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk(dir))
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.0.path())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
+    let Some(disk) = SmallDisk::mount("3m") else {
+        // Mounting needs root; CI runs as root, so there the test must run.
+        assert!(std::env::var_os("CI").is_none(), "cannot mount a tmpfs for the disk-full test");
+        eprintln!("skipped: cannot mount a tmpfs (not root)");
+        return;
+    };
+    let data = disk.0.path().join("data");
+    let options = Options { segment_bytes: 256 * 1024, snapshot_every_events: u64::MAX };
+    let db = Database::open_with(&data, options.clone()).unwrap();
+    let mut acked = 0u64;
+    let mut last_lsn = 0;
+    let full = loop {
+        let batch: Vec<Event> = (0..200)
+            .map(|j| {
+                Event::Datanet(Datanet {
+                    datanet: format!("d-{acked}-{j}"),
+                    owner: "o".repeat(100),
+                })
+            })
+            .collect();
+        match db.write(batch) {
+            Ok(a) => {
+                acked += 1;
+                last_lsn = a.last_lsn;
+            }
+            Err(e) => break e,
+        }
+        assert!(acked < 10_000, "the disk never filled");
+    };
+    assert!(acked > 3);
+    let msg = full.to_string();
+    assert!(matches!(full, WriteError::Storage(_)) && msg.contains("disk full"), "{msg}");
+    // Still full: still refused, still clearly.
+    let again = db.write(vec![Event::Datanet(Datanet { datanet: "x".into(), owner: "o".into() })]);
+    assert!(again.unwrap_err().to_string().contains("disk full"));
+    let digest = db.read(|l| l.digest());
+    drop(db);
+    // With space again, every acknowledged batch is there and the ledger takes writes.
+    disk.grow("64m");
+    let db = Database::open_with(&data, options).unwrap();
+    assert_eq!(db.read(|l| (l.last_lsn(), l.digest())), (last_lsn, digest));
+    assert_eq!(db.read(|l| l.datanets().count() as u64), acked * 200);
+    db.write(vec![Event::Datanet(Datanet { datanet: "after".into(), owner: "o".into() })]).unwrap();
+}
+
+#[test]
+fn the_background_check_finds_damage_in_sealed_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let db = Database::open_with(dir.path(), options.clone()).unwrap();
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| {
+                Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "owner".into() })
+            })
+            .collect();
+        db.write(batch).unwrap();
+    }
+    db.close().unwrap();
+    let first = dir.path().join("log").join(tally_storage::segment::file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    // Flip a byte in the middle of the sealed records (header field 24..32: end of records).
+    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    assert!(end > 1024, "the first segment is sealed and holds records");
+    bytes[(64 + end) / 2] ^= 1;
+    std::fs::write(&first, bytes).unwrap();
+    let db = Database::open_with(dir.path(), options).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.background_problem().is_none() {
+        assert!(std::time::Instant::now() < deadline, "damage not found");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let problem = db.background_problem().unwrap();
+    assert!(problem.contains("seg-00000000000000000000.log"), "{problem}");
 }
