@@ -285,9 +285,10 @@ impl Database {
         }
         let config = Config {
             cluster_name: "tally".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 150,
-            election_timeout_max: 300,
+            // One voter: elections cannot split, so a short timeout only makes opening faster.
+            heartbeat_interval: 50,
+            election_timeout_min: 100,
+            election_timeout_max: 150,
             snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 0,
             ..Default::default()

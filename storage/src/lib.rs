@@ -11,6 +11,7 @@ mod meta;
 pub mod payload;
 pub mod raft;
 pub mod record;
+pub mod salvage;
 pub mod segment;
 pub mod snapshot;
 pub mod verify;

@@ -357,12 +357,9 @@ impl StateMachine {
     /// rebuilt from the log; the reason is returned.
     pub fn open(dir: &Path) -> Result<(StateMachine, Option<String>), StorageError> {
         let path = dir.join(snapshot::FILE);
-        let loaded = SnapshotFile::load(&path).and_then(|f| match f {
-            Some(file) => {
-                let meta = file.meta.clone();
-                Ok((file.into_state()?, Some(meta)))
-            }
-            None => Ok((SmState::empty(), None)),
+        let loaded = snapshot::load(&path).map(|f| match f {
+            Some((meta, state)) => (state, Some(meta)),
+            None => (SmState::empty(), None),
         });
         let (state, current, discarded) = match loaded {
             Ok((state, current)) => (state, current, None),

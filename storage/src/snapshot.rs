@@ -19,17 +19,18 @@ pub const FILE: &str = "snapshot.bin";
 const MAGIC: &[u8; 8] = b"TALLYSNP";
 const VERSION: u32 = 1;
 
-pub struct SnapshotFile {
+/// A parsed snapshot file, borrowing the engine image from the file's bytes.
+pub struct SnapshotFile<'a> {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     pub lsns: LsnIndex,
-    image: Vec<u8>,
+    image: &'a [u8],
 }
 
 fn bad(reason: impl std::fmt::Display) -> StorageError {
     StorageError::Invalid(format!("snapshot: {reason}"))
 }
 
-impl SnapshotFile {
+impl<'a> SnapshotFile<'a> {
     pub fn encode(
         meta: &SnapshotMeta<NodeId, BasicNode>,
         lsns: &LsnIndex,
@@ -51,7 +52,7 @@ impl SnapshotFile {
         out
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<SnapshotFile, StorageError> {
+    pub fn decode(bytes: &'a [u8]) -> Result<SnapshotFile<'a>, StorageError> {
         if bytes.len() < 20 || &bytes[..8] != MAGIC {
             return Err(bad("not a Tally snapshot"));
         }
@@ -78,18 +79,11 @@ impl SnapshotFile {
         let image = body
             .get(start..start.saturating_add(image_len))
             .ok_or_else(|| bad("truncated image"))?;
-        Ok(SnapshotFile { meta, lsns, image: image.to_vec() })
-    }
-
-    pub fn load(path: &Path) -> Result<Option<SnapshotFile>, StorageError> {
-        match crate::meta::read(path)? {
-            None => Ok(None),
-            Some(bytes) => Self::decode(&bytes).map(Some),
-        }
+        Ok(SnapshotFile { meta, lsns, image })
     }
 
     pub fn into_state(self) -> Result<SmState, StorageError> {
-        let ledger = Ledger::decode_image(&self.image).map_err(bad)?;
+        let ledger = Ledger::decode_image(self.image).map_err(bad)?;
         Ok(SmState {
             ledger,
             last_applied: self.meta.last_log_id,
@@ -97,4 +91,22 @@ impl SnapshotFile {
             lsns: self.lsns,
         })
     }
+}
+
+/// Loads the snapshot file at `path`, if there is one, reading it through a mapping (a
+/// snapshot can be hundreds of megabytes; the image is decoded straight from the page cache).
+pub fn load(
+    path: &Path,
+) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, SmState)>, StorageError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StorageError::io(path, e)),
+    };
+    // SAFETY: read-only mapping of a file that is only ever replaced by rename (never written
+    // in place) while this process holds the data directory's lock.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| StorageError::io(path, e))?;
+    let parsed = SnapshotFile::decode(&map)?;
+    let meta = parsed.meta.clone();
+    Ok(Some((meta, parsed.into_state()?)))
 }

@@ -107,11 +107,9 @@ fn verify(data: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn salvage(data: &std::path::Path) -> Result<ExitCode> {
-    let _lock = tally_storage::db::lock_dir(data)?;
-    let (log, recovery) =
-        tally_storage::log::Log::salvage(&data.join("log"), tally_storage::log::SEGMENT_BYTES)?;
-    match recovery.torn {
-        Some(t) if recovery.salvaged => println!(
+    let s = tally_storage::salvage::salvage(data)?;
+    match &s.cut {
+        Some(t) if s.damaged => println!(
             "salvaged: cut {} at offset {} (log index {} and everything after it, {} bytes)",
             t.path.display(),
             t.offset,
@@ -126,9 +124,15 @@ fn salvage(data: &std::path::Path) -> Result<ExitCode> {
         ),
         None => println!("nothing to salvage: the log is intact"),
     }
+    if let Some(p) = &s.snapshot_moved {
+        println!(
+            "the snapshot was set aside as {}; the state will be rebuilt from the log",
+            p.display()
+        );
+    }
     println!(
-        "log now ends at index {}",
-        log.last_index().map_or("(empty)".into(), |i| i.to_string())
+        "the log now ends at index {}",
+        s.last_index.map_or("(empty)".into(), |i| i.to_string())
     );
     Ok(ExitCode::SUCCESS)
 }

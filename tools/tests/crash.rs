@@ -144,4 +144,17 @@ fn verify_and_demo_from_the_command_line() {
     std::fs::write(&seg, bytes).unwrap();
     let out = tally().args(["verify", "--data"]).arg(&data).output().unwrap();
     assert!(!out.status.success(), "verify must fail on a damaged log");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt log") && err.contains("tally salvage"), "{err}");
+    // Salvage cuts at the damage, explicitly; the rest verifies.
+    let out = tally().args(["salvage", "--data"]).arg(&data).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("salvaged: cut"));
+    let out = tally().args(["verify", "--data"]).arg(&data).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
