@@ -16,6 +16,9 @@ use crate::lsn::LsnIndex;
 use crate::raft::{NodeId, SmState};
 
 pub const FILE: &str = "snapshot.bin";
+
+/// openraft's description of a snapshot.
+pub type Meta = SnapshotMeta<NodeId, BasicNode>;
 const MAGIC: &[u8; 8] = b"TALLYSNP";
 const VERSION: u32 = 1;
 
@@ -95,9 +98,7 @@ impl<'a> SnapshotFile<'a> {
 
 /// Loads the snapshot file at `path`, if there is one, reading it through a mapping (a
 /// snapshot can be hundreds of megabytes; the image is decoded straight from the page cache).
-pub fn load(
-    path: &Path,
-) -> Result<Option<(SnapshotMeta<NodeId, BasicNode>, SmState)>, StorageError> {
+pub fn load(path: &Path) -> Result<Option<(Meta, SmState)>, StorageError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
