@@ -88,18 +88,7 @@ fn reward(l: &Ledger, epoch: u64, account: &str, role: Role) -> u64 {
 /// settlement.md §5's setup: m-adapter (bob) adapts m-base (ann); c1..c3 owned by x, y, z.
 fn worked_example_setup() -> Ledger {
     let mut l = Ledger::new();
-    l.apply(
-        &[
-            dn("dn-a", "ann"),
-            contrib("c1", "dn-a", "x", 1),
-            contrib("c2", "dn-a", "y", 2),
-            contrib("c3", "dn-a", "z", 3),
-            model("m-base", "ann", None, &["dn-a"]),
-            model("m-adapter", "bob", Some("m-base"), &[]),
-        ],
-        1_000,
-    )
-    .unwrap();
+    l.apply(&worked_example_setup_events(), 1_000).unwrap();
     l
 }
 
