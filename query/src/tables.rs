@@ -1,0 +1,263 @@
+//! The read tables of surface.md that come from the engine state, as Arrow record batches with
+//! the contract's names and types (TEXT → Utf8, BIGINT → Int64, BOOLEAN, TIMESTAMP → microsecond
+//! timestamps in UTC). Builds copies from a `&Ledger`; never holds on to the state.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::error::ArrowError;
+use datafusion::arrow::record_batch::RecordBatch;
+use tally_engine::{merkle, Ledger};
+
+/// Every read table this module builds, by name.
+pub const TABLES: &[&str] = &[
+    "datanets",
+    "contributions",
+    "models",
+    "revocations",
+    "policies",
+    "settlements",
+    "rewards",
+    "balances",
+    "payouts",
+    "epochs",
+];
+
+fn text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, false)
+}
+
+fn text_null(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn bigint(name: &str) -> Field {
+    Field::new(name, DataType::Int64, false)
+}
+
+fn bigint_null(name: &str) -> Field {
+    Field::new(name, DataType::Int64, true)
+}
+
+fn ts(name: &str) -> Field {
+    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, None), false)
+}
+
+fn strings<'a>(v: impl IntoIterator<Item = &'a str>) -> ArrayRef {
+    Arc::new(StringArray::from_iter_values(v))
+}
+
+fn ints(v: impl IntoIterator<Item = u64>) -> ArrayRef {
+    // Every engine total is within i64 (the ledger's fee total is kept there).
+    Arc::new(Int64Array::from_iter_values(v.into_iter().map(|x| x as i64)))
+}
+
+fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// The schema of a table (without building it).
+pub fn schema(table: &str) -> Option<SchemaRef> {
+    build(table, &Ledger::new()).map(|b| b.expect("an empty table builds").schema())
+}
+
+/// Builds `table` from the state, or `None` for a name this module does not own.
+pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>> {
+    Some(match table {
+        "datanets" => {
+            let rows: Vec<_> = l.datanets().collect();
+            batch(
+                vec![
+                    text("datanet"),
+                    text("owner"),
+                    bigint("lsn"),
+                    bigint("contributions"),
+                    bigint("attributions"),
+                    bigint("earned"),
+                ],
+                vec![
+                    strings(rows.iter().map(|r| r.datanet)),
+                    strings(rows.iter().map(|r| r.owner)),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    ints(rows.iter().map(|r| r.contributions)),
+                    ints(rows.iter().map(|r| r.attributions)),
+                    ints(rows.iter().map(|r| r.earned)),
+                ],
+            )
+        }
+        "contributions" => {
+            let rows: Vec<_> = l.contributions().collect();
+            let hashes: Vec<String> =
+                rows.iter().map(|r| merkle::to_hex(&r.content_hash)).collect();
+            batch(
+                vec![
+                    text("contribution"),
+                    text("datanet"),
+                    text("contributor"),
+                    text("content_hash"),
+                    bigint("lsn"),
+                    Field::new("revoked", DataType::Boolean, false),
+                    bigint_null("revoked_lsn"),
+                    bigint("inferences"),
+                    bigint("earned"),
+                ],
+                vec![
+                    strings(rows.iter().map(|r| r.contribution)),
+                    strings(rows.iter().map(|r| r.datanet)),
+                    strings(rows.iter().map(|r| r.contributor)),
+                    strings(hashes.iter().map(String::as_str)),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    Arc::new(BooleanArray::from_iter(
+                        rows.iter().map(|r| Some(r.revoked_lsn.is_some())),
+                    )),
+                    Arc::new(Int64Array::from_iter(
+                        rows.iter().map(|r| r.revoked_lsn.map(|v| v as i64)),
+                    )),
+                    ints(rows.iter().map(|r| r.inferences)),
+                    ints(rows.iter().map(|r| r.earned)),
+                ],
+            )
+        }
+        "models" => {
+            let rows: Vec<_> = l.models().collect();
+            let lists: Vec<String> = rows.iter().map(|r| r.datanets.join(",")).collect();
+            batch(
+                vec![
+                    text("model"),
+                    text("owner"),
+                    text_null("base_model"),
+                    text("datanets"),
+                    bigint("lsn"),
+                    bigint("inferences"),
+                    bigint("fees"),
+                ],
+                vec![
+                    strings(rows.iter().map(|r| r.model)),
+                    strings(rows.iter().map(|r| r.owner)),
+                    Arc::new(StringArray::from_iter(rows.iter().map(|r| r.base_model))),
+                    strings(lists.iter().map(String::as_str)),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    ints(rows.iter().map(|r| r.inferences)),
+                    ints(rows.iter().map(|r| r.fees)),
+                ],
+            )
+        }
+        "revocations" => {
+            let rows: Vec<_> = l.revocations().collect();
+            batch(
+                vec![text("contribution"), text("reason"), bigint("lsn"), ts("ts")],
+                vec![
+                    strings(rows.iter().map(|r| r.contribution)),
+                    strings(rows.iter().map(|r| r.reason)),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.ts),
+                    )),
+                ],
+            )
+        }
+        "policies" => {
+            let rows: Vec<_> = l.policies().collect();
+            batch(
+                vec![
+                    bigint("protocol_bps"),
+                    bigint("model_bps"),
+                    bigint("base_bps"),
+                    bigint("lsn"),
+                    bigint("contributors_bps"),
+                ],
+                vec![
+                    ints(rows.iter().map(|r| r.protocol_bps.into())),
+                    ints(rows.iter().map(|r| r.model_bps.into())),
+                    ints(rows.iter().map(|r| r.base_bps.into())),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    ints(rows.iter().map(|r| r.contributors_bps.into())),
+                ],
+            )
+        }
+        "settlements" => {
+            let rows: Vec<_> = l.settlements().collect();
+            let roots: Vec<String> = rows.iter().map(|r| merkle::to_hex(&r.payouts_root)).collect();
+            batch(
+                vec![
+                    bigint("epoch"),
+                    bigint("lsn"),
+                    ts("ts"),
+                    bigint("total"),
+                    text("payouts_root"),
+                ],
+                vec![
+                    ints(rows.iter().map(|r| r.epoch)),
+                    ints(rows.iter().map(|r| r.lsn)),
+                    Arc::new(TimestampMicrosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.ts),
+                    )),
+                    ints(rows.iter().map(|r| r.total)),
+                    strings(roots.iter().map(String::as_str)),
+                ],
+            )
+        }
+        "rewards" => {
+            let rows: Vec<_> = l.rewards().collect();
+            batch(
+                vec![bigint("epoch"), text("account"), text("role"), bigint("amount")],
+                vec![
+                    ints(rows.iter().map(|r| r.epoch)),
+                    strings(rows.iter().map(|r| r.account)),
+                    strings(rows.iter().map(|r| r.role.as_str())),
+                    ints(rows.iter().map(|r| r.amount)),
+                ],
+            )
+        }
+        "balances" => {
+            let rows: Vec<_> = l.balances().collect();
+            batch(
+                vec![text("account"), bigint("earned"), bigint("settled"), bigint("pending")],
+                vec![
+                    strings(rows.iter().map(|r| r.account)),
+                    ints(rows.iter().map(|r| r.earned)),
+                    ints(rows.iter().map(|r| r.settled)),
+                    ints(rows.iter().map(|r| r.pending)),
+                ],
+            )
+        }
+        "payouts" => {
+            let rows: Vec<_> = l.payouts().collect();
+            batch(
+                vec![bigint("epoch"), text("account"), bigint("amount")],
+                vec![
+                    ints(rows.iter().map(|r| r.epoch)),
+                    strings(rows.iter().map(|r| r.account)),
+                    ints(rows.iter().map(|r| r.amount)),
+                ],
+            )
+        }
+        "epochs" => {
+            let rows: Vec<_> = l.epochs().collect();
+            batch(
+                vec![
+                    bigint("epoch"),
+                    text("status"),
+                    bigint("opened_lsn"),
+                    bigint_null("closed_lsn"),
+                    bigint("inferences"),
+                    bigint("fees"),
+                ],
+                vec![
+                    ints(rows.iter().map(|r| r.epoch)),
+                    strings(rows.iter().map(|r| if r.open { "open" } else { "closed" })),
+                    ints(rows.iter().map(|r| r.opened_lsn)),
+                    Arc::new(Int64Array::from_iter(
+                        rows.iter().map(|r| r.closed_lsn.map(|v| v as i64)),
+                    )),
+                    ints(rows.iter().map(|r| r.inferences)),
+                    ints(rows.iter().map(|r| r.fees)),
+                ],
+            )
+        }
+        _ => return None,
+    })
+}
