@@ -2,7 +2,7 @@
 //! only: this module never changes the state and never copies the per-entry arrays.
 
 use crate::merkle;
-use crate::state::{Ledger, Role, PROTOCOL};
+use crate::state::{Ledger, Role};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatanetView<'a> {
@@ -274,10 +274,5 @@ impl Ledger {
     /// Number of inferences accepted over the whole history.
     pub fn inference_count(&self) -> u64 {
         self.epochs.iter().map(|e| e.inferences).sum()
-    }
-
-    /// Whether `account` is the ledger's own account.
-    pub fn is_protocol_account(&self, account: &str) -> bool {
-        self.accounts.get(account) == Some(PROTOCOL)
     }
 }
