@@ -34,6 +34,8 @@ pub enum QueryError {
     DataFusion(#[from] DataFusionError),
     #[error(transparent)]
     Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error(transparent)]
+    Storage(#[from] tally_storage::StorageError),
 }
 
 /// SQL access to a database.
@@ -52,12 +54,18 @@ impl Sql {
         check_statements(sql)?;
         let wanted: Vec<&'static str> =
             tables::TABLES.iter().copied().filter(|t| mentions(sql, t)).collect();
-        let built = self.db.read(|l| {
-            wanted
+        // The state tables and the lsn that the log tables stop at, taken together.
+        let (built, pinned) = self.db.read(|l| {
+            let built = wanted
                 .iter()
                 .map(|t| tables::build(t, l).expect("a known table").map(|b| (*t, b)))
-                .collect::<Result<Vec<_>, _>>()
-        })?;
+                .collect::<Result<Vec<_>, _>>();
+            (built, l.last_lsn())
+        });
+        let mut built = built?;
+        if mentions(sql, "events") {
+            built.push(("events", tables::events(&self.db, pinned)?));
+        }
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES)))
             .build_arc()?;

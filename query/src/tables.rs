@@ -10,7 +10,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
-use tally_engine::{merkle, Ledger};
+use tally_engine::{json, merkle, Ledger};
+use tally_storage::Database;
 
 /// Every read table this module builds, by name.
 pub const TABLES: &[&str] = &[
@@ -57,6 +58,31 @@ fn ints(v: impl IntoIterator<Item = u64>) -> ArrayRef {
 
 fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, ArrowError> {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// `events (lsn, ts, kind, body)`: the log itself, up to lsn `to`, with each event's canonical
+/// JSON body (surface.md).
+pub fn events(db: &Database, to: u64) -> Result<RecordBatch, crate::QueryError> {
+    let (mut lsns, mut stamps, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
+    let mut bodies = datafusion::arrow::array::StringBuilder::new();
+    let mut body = String::new();
+    db.scan_events(1, to, |e| {
+        lsns.push(e.lsn as i64);
+        stamps.push(e.ts);
+        kinds.push(e.event.kind().as_str());
+        body.clear();
+        json::write_body(&e.event, &mut body);
+        bodies.append_value(&body);
+    })?;
+    Ok(batch(
+        vec![bigint("lsn"), ts("ts"), text("kind"), text("body")],
+        vec![
+            Arc::new(Int64Array::from(lsns)),
+            Arc::new(TimestampMicrosecondArray::from(stamps)),
+            strings(kinds),
+            Arc::new(bodies.finish()),
+        ],
+    )?)
 }
 
 /// The schema of a table (without building it).

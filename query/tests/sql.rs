@@ -147,3 +147,26 @@ fn what_the_ledger_never_allows_is_refused() {
     assert!(sql.query_blocking("CREATE TABLE t (x BIGINT)").is_err());
     assert!(sql.query_blocking("SELECT * FROM no_such_table").is_err());
 }
+
+#[test]
+fn the_events_table_is_the_log_with_canonical_bodies() {
+    let (_dir, sql) = demo();
+    let counts = sql
+        .query_blocking(
+            "SELECT COUNT(*) AS n, MIN(lsn) AS first, MAX(lsn) AS last, \
+             SUM(CASE WHEN kind = 'inference' THEN 1 ELSE 0 END) AS inferences, \
+             (SELECT SUM(inferences) FROM epochs) AS by_epochs FROM events",
+        )
+        .unwrap();
+    let n = col_i64(&counts, "n")[0];
+    assert_eq!(col_i64(&counts, "first")[0], 1);
+    assert_eq!(col_i64(&counts, "last")[0], n, "lsns are dense");
+    assert_eq!(col_i64(&counts, "inferences"), col_i64(&counts, "by_epochs"));
+    let first = sql.query_blocking("SELECT kind, body FROM events WHERE lsn = 1").unwrap();
+    assert_eq!(col_str(&first, "kind"), vec!["datanet"]);
+    assert_eq!(col_str(&first, "body"), vec![r#"{"datanet":"dn-000","owner":"org-00"}"#]);
+    let settlements = sql
+        .query_blocking("SELECT e.lsn FROM events e JOIN settlements s ON s.lsn = e.lsn WHERE e.kind = 'settlement'")
+        .unwrap();
+    assert_eq!(col_i64(&settlements, "lsn").len(), 3);
+}

@@ -20,7 +20,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
-use tally_engine::{Applied, Event, Ledger, Refusal};
+use tally_engine::{Applied, Event, Ledger, LoggedEvent, Refusal};
+
+use crate::record::Kind;
 
 use crate::error::StorageError;
 use crate::log::{Recovery, SEGMENT_BYTES};
@@ -389,6 +391,54 @@ impl Database {
     /// Reads the ledger state (a consistent view: no batch is applied while `f` runs).
     pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         f(&self.shared.state.read().expect("state lock").ledger)
+    }
+
+    /// Calls `f` with every ledger event whose lsn is in `from..=to`, in order, with its lsn and
+    /// timestamp, read from the log (the source of truth). Starts at the lsn index's point
+    /// before `from`, not at the beginning of the log. Holds the log's lock while it reads, so
+    /// appends wait (a known limit for very long scans).
+    pub fn scan_events(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(LoggedEvent),
+    ) -> Result<(), StorageError> {
+        let from = from.max(1);
+        let (start, refused) = {
+            let s = self.shared.state.read().expect("state lock");
+            (s.lsns.locate(from), s.lsns.refused_batches().to_vec())
+        };
+        let Some(point) = start else { return Ok(()) };
+        if from > to {
+            return Ok(());
+        }
+        let (mut lsn, mut ts) = (point.first_lsn, point.ts_before);
+        self.log.with_log(|log| {
+            for r in log.iter_from(point.index).filter(|r| r.header.kind == Kind::Batch) {
+                let index = r.header.index;
+                let parts = payload::parts(r.payload).map_err(StorageError::Invalid)?;
+                for (k, part) in parts.into_iter().enumerate() {
+                    let k = k as u32;
+                    if (index == point.index && k < point.part)
+                        || refused.binary_search(&(index, k)).is_ok()
+                    {
+                        continue;
+                    }
+                    let batch = payload::decode(part).map_err(StorageError::Invalid)?;
+                    ts = ts.max(batch.ts);
+                    for event in batch.events {
+                        if lsn > to {
+                            return Ok(());
+                        }
+                        if lsn >= from {
+                            f(LoggedEvent { lsn, ts, event });
+                        }
+                        lsn += 1;
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 
     /// The runtime the database runs on, for callers that want to drive `write_async`.

@@ -413,9 +413,10 @@ fn apply_batch(state: &mut SmState, index: u64, part: u32, bytes: &[u8]) -> Outc
             return Outcome::Malformed(e);
         }
     };
+    let ts_before = state.ledger.last_ts();
     match state.ledger.apply(&batch.events, batch.ts) {
         Ok(applied) => {
-            state.lsns.accepted(index, applied.first_lsn, applied.last_lsn);
+            state.lsns.accepted(index, part, applied.first_lsn, applied.last_lsn, ts_before);
             Outcome::Applied(applied)
         }
         Err(refusal) => {

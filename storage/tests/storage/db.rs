@@ -222,3 +222,41 @@ fn the_background_check_finds_damage_in_sealed_segments() {
     let problem = db.background_problem().unwrap();
     assert!(problem.contains("seg-00000000000000000000.log"), "{problem}");
 }
+
+#[test]
+fn scanning_events_from_any_lsn_matches_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_with(dir.path(), small()).unwrap();
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    db.runtime().block_on(async {
+        let mut pending = Vec::new();
+        for k in 0..40 {
+            // Batch 20 repeats batch 3's first datanet: refused, so it has no lsns.
+            let first = if k == 20 { "d-3-0".to_string() } else { format!("d-{k}-0") };
+            let mut batch = vec![dn(first)];
+            batch.extend((1..300).map(|j| dn(format!("d-{k}-{j}"))));
+            pending.push(db.submit(batch).await.unwrap());
+        }
+        for p in pending {
+            let _ = db.finish(p).await;
+        }
+    });
+    let last = db.read(|l| l.last_lsn());
+    assert_eq!(last, 39 * 300);
+    let scan = |from: u64| {
+        let mut out = Vec::new();
+        db.scan_events(from, last, |e| out.push(e)).unwrap();
+        out
+    };
+    let full = scan(1);
+    assert_eq!(full.len() as u64, last);
+    assert!(full.iter().enumerate().all(|(i, e)| e.lsn == i as u64 + 1));
+    assert!(full.windows(2).all(|w| w[0].ts <= w[1].ts));
+    assert!(full.iter().all(|e| !matches!(&e.event, Event::Datanet(d) if d.datanet.starts_with("d-20-"))));
+    for from in [1, 2, 299, 300, 301, 4095, 4096, 4097, 6000, last] {
+        assert_eq!(scan(from), full[from as usize - 1..].to_vec(), "from lsn {from}");
+    }
+    let mut window = Vec::new();
+    db.scan_events(4000, 4010, |e| window.push(e.lsn)).unwrap();
+    assert_eq!(window, (4000..=4010).collect::<Vec<_>>());
+}
