@@ -4,6 +4,7 @@
 
 mod audit;
 mod digest;
+mod entry_rewards;
 mod error;
 mod event;
 mod fingerprint;
@@ -20,6 +21,7 @@ mod state;
 mod validate;
 pub mod weight;
 
+pub use entry_rewards::EntryReward;
 pub use error::{Refusal, RefusalClass, ReplayError, Rule};
 pub use event::{
     ArchivedEvent, Attribution, Batch, Contribution, Datanet, Event, EventKind, Inference,

@@ -66,6 +66,14 @@ impl Sql {
         if mentions(sql, "events") {
             built.push(("events", tables::events(&self.db, pinned)?));
         }
+        let (want_inferences, want_attributions) =
+            (mentions(sql, "inferences"), mentions(sql, "attributions"));
+        if want_inferences || want_attributions {
+            let (i, a) =
+                tables::inference_tables(&self.db, pinned, want_inferences, want_attributions)?;
+            built.extend(i.map(|b| ("inferences", b)));
+            built.extend(a.map(|b| ("attributions", b)));
+        }
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES)))
             .build_arc()?;

@@ -85,6 +85,106 @@ pub fn events(db: &Database, to: u64) -> Result<RecordBatch, crate::QueryError> 
     )?)
 }
 
+/// `inferences` and `attributions` up to lsn `to`, read from the log; rewards as currently
+/// settled come from the engine (`Ledger::entry_rewards`). Either may be skipped.
+pub fn inference_tables(
+    db: &Database,
+    to: u64,
+    want_inferences: bool,
+    want_attributions: bool,
+) -> Result<(Option<RecordBatch>, Option<RecordBatch>), crate::QueryError> {
+    let mut logged = Vec::new();
+    db.scan_events(1, to, |e| {
+        if let tally_engine::Event::Inference(inf) = e.event {
+            logged.push((e.lsn, e.ts, inf));
+        }
+    })?;
+    db.read(|l| {
+        let epochs: Vec<i64> = logged.iter().map(|(lsn, _, _)| l.epoch_of(*lsn) as i64).collect();
+        let inferences = want_inferences
+            .then(|| {
+                let lists: Vec<String> = logged
+                    .iter()
+                    .map(|(_, _, i)| {
+                        let parts: Vec<String> = i
+                            .attributions
+                            .iter()
+                            .map(|a| format!("{}:{}", a.contribution, a.weight))
+                            .collect();
+                        parts.join(",")
+                    })
+                    .collect();
+                batch(
+                    vec![
+                        text("inference"),
+                        text("model"),
+                        text("consumer"),
+                        bigint("fee"),
+                        text("attributions"),
+                        bigint("lsn"),
+                        ts("ts"),
+                        bigint("epoch"),
+                    ],
+                    vec![
+                        strings(logged.iter().map(|(_, _, i)| i.inference.as_str())),
+                        strings(logged.iter().map(|(_, _, i)| i.model.as_str())),
+                        strings(logged.iter().map(|(_, _, i)| i.consumer.as_str())),
+                        Arc::new(Int64Array::from_iter_values(
+                            logged.iter().map(|(_, _, i)| i.fee),
+                        )),
+                        strings(lists.iter().map(String::as_str)),
+                        ints(logged.iter().map(|(lsn, _, _)| *lsn)),
+                        Arc::new(TimestampMicrosecondArray::from_iter_values(
+                            logged.iter().map(|(_, t, _)| *t),
+                        )),
+                        Arc::new(Int64Array::from(epochs.clone())),
+                    ],
+                )
+            })
+            .transpose()?;
+        let attributions = want_attributions
+            .then(|| {
+                let (mut inference, mut lsn, mut epoch, mut contribution) =
+                    (vec![], vec![], vec![], vec![]);
+                let (mut contributor, mut weight, mut reward) = (vec![], vec![], vec![]);
+                for ((l_lsn, _, inf), e) in logged.iter().zip(&epochs) {
+                    let rewards = l.entry_rewards(*l_lsn, inf).unwrap_or_default();
+                    for (a, r) in inf.attributions.iter().zip(rewards) {
+                        inference.push(inf.inference.as_str());
+                        lsn.push(*l_lsn as i64);
+                        epoch.push(*e);
+                        contribution.push(a.contribution.as_str());
+                        contributor.push(r.contributor);
+                        weight.push(i64::from(a.weight));
+                        reward.push(r.reward as i64);
+                    }
+                }
+                batch(
+                    vec![
+                        text("inference"),
+                        bigint("lsn"),
+                        bigint("epoch"),
+                        text("contribution"),
+                        text("contributor"),
+                        bigint("weight"),
+                        bigint("reward"),
+                    ],
+                    vec![
+                        strings(inference),
+                        Arc::new(Int64Array::from(lsn)),
+                        Arc::new(Int64Array::from(epoch)),
+                        strings(contribution),
+                        strings(contributor),
+                        Arc::new(Int64Array::from(weight)),
+                        Arc::new(Int64Array::from(reward)),
+                    ],
+                )
+            })
+            .transpose()?;
+        Ok((inferences, attributions))
+    })
+}
+
 /// The schema of a table (without building it).
 pub fn schema(table: &str) -> Option<SchemaRef> {
     build(table, &Ledger::new()).map(|b| b.expect("an empty table builds").schema())

@@ -170,3 +170,36 @@ fn the_events_table_is_the_log_with_canonical_bodies() {
         .unwrap();
     assert_eq!(col_i64(&settlements, "lsn").len(), 3);
 }
+
+#[test]
+fn inferences_and_attributions_come_from_the_log_and_conserve_fees() {
+    let (_dir, sql) = demo();
+    let n = sql.query_blocking("SELECT COUNT(*) AS n FROM inferences").unwrap();
+    assert_eq!(col_i64(&n, "n"), vec![4_000]);
+    // Per inference, contributor rewards never exceed the fee, and per epoch they equal the
+    // contributor role's rewards.
+    let over = sql
+        .query_blocking(
+            "SELECT COUNT(*) AS n FROM inferences i JOIN (SELECT lsn, SUM(reward) AS paid FROM attributions \
+             GROUP BY lsn) a ON a.lsn = i.lsn WHERE a.paid > i.fee",
+        )
+        .unwrap();
+    assert_eq!(col_i64(&over, "n"), vec![0]);
+    let per_epoch = sql
+        .query_blocking(
+            "SELECT a.epoch, SUM(a.reward) AS by_entries, MAX(r.paid) AS by_rewards FROM attributions a \
+             JOIN (SELECT epoch, SUM(amount) AS paid FROM rewards WHERE role = 'contributor' GROUP BY epoch) r \
+             ON r.epoch = a.epoch GROUP BY a.epoch ORDER BY a.epoch",
+        )
+        .unwrap();
+    assert_eq!(col_i64(&per_epoch, "by_entries"), col_i64(&per_epoch, "by_rewards"));
+    assert_eq!(col_i64(&per_epoch, "epoch").len(), 4);
+    let first = sql
+        .query_blocking("SELECT attributions, epoch FROM inferences ORDER BY lsn LIMIT 1")
+        .unwrap();
+    let list = &col_str(&first, "attributions")[0];
+    assert!(
+        list.split(',').all(|e| e.rsplit_once(':').is_some_and(|(_, w)| w.parse::<u32>().is_ok())),
+        "{list}"
+    );
+}

@@ -212,6 +212,7 @@ proptest! {
         }
         check_against_oracle(&l, &oracle);
         l.audit().unwrap();
+        check_entry_rewards(&l, &log);
         let rebuilt = replay(log.clone(), &CpuSettler).unwrap();
         prop_assert_eq!(rebuilt.digest(), l.digest(), "replay differs from the live state");
         // Replaying with event-by-event incremental settlement gives the same state too.
@@ -221,4 +222,32 @@ proptest! {
         }
         prop_assert_eq!(step_by_step.digest(), l.digest());
     }
+}
+
+/// Recomputed per-entry rewards agree with the open epoch's stored ones, and with the
+/// contributor rewards of every epoch.
+fn check_entry_rewards(l: &Ledger, log: &[LoggedEvent]) {
+    let mut per_epoch: BTreeMap<(u64, String), u64> = BTreeMap::new();
+    let mut open = Vec::new();
+    for e in log {
+        if let tally_engine::Event::Inference(inf) = &e.event {
+            let epoch = l.epoch_of(e.lsn);
+            let rewards = l.entry_rewards(e.lsn, inf).expect("known inference");
+            for r in &rewards {
+                *per_epoch.entry((epoch, r.contributor.to_string())).or_default() += r.reward;
+            }
+            if epoch == l.open_epoch() {
+                open.extend(rewards.into_iter().map(|r| r.reward));
+            }
+        }
+    }
+    let stored: Vec<u64> = l.open_entries().map(|e| e.reward).collect();
+    assert_eq!(open, stored, "recomputed open-epoch rewards differ from the stored ones");
+    let rewarded: BTreeMap<(u64, String), u64> = l
+        .rewards()
+        .filter(|r| r.role == Role::Contributor)
+        .map(|r| ((r.epoch, r.account.to_string()), r.amount))
+        .collect();
+    per_epoch.retain(|_, v| *v > 0);
+    assert_eq!(per_epoch, rewarded, "recomputed contributor rewards differ from the rewards table");
 }

@@ -252,7 +252,9 @@ fn scanning_events_from_any_lsn_matches_a_full_scan() {
     assert_eq!(full.len() as u64, last);
     assert!(full.iter().enumerate().all(|(i, e)| e.lsn == i as u64 + 1));
     assert!(full.windows(2).all(|w| w[0].ts <= w[1].ts));
-    assert!(full.iter().all(|e| !matches!(&e.event, Event::Datanet(d) if d.datanet.starts_with("d-20-"))));
+    assert!(full
+        .iter()
+        .all(|e| !matches!(&e.event, Event::Datanet(d) if d.datanet.starts_with("d-20-"))));
     for from in [1, 2, 299, 300, 301, 4095, 4096, 4097, 6000, last] {
         assert_eq!(scan(from), full[from as usize - 1..].to_vec(), "from lsn {from}");
     }
