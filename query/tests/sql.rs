@@ -22,36 +22,26 @@ fn demo() -> (tempfile::TempDir, Sql) {
     (dir, Sql::new(Arc::new(db)))
 }
 
+/// A column of every batch, as plain values.
+fn column<A: Array + 'static, T>(
+    batches: &[RecordBatch],
+    name: &str,
+    get: impl Fn(&A, usize) -> T,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column_by_name(name).unwrap().as_any().downcast_ref::<A>().unwrap();
+        out.extend((0..a.len()).map(|i| get(a, i)));
+    }
+    out
+}
+
 fn col_i64(batches: &[RecordBatch], name: &str) -> Vec<i64> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let a = b
-                .column_by_name(name)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .clone();
-            (0..a.len()).map(move |i| a.value(i))
-        })
-        .collect()
+    column(batches, name, |a: &Int64Array, i| a.value(i))
 }
 
 fn col_str(batches: &[RecordBatch], name: &str) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            let a = b
-                .column_by_name(name)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .unwrap()
-                .clone();
-            (0..a.len()).map(move |i| a.value(i).to_string())
-        })
-        .collect()
+    column(batches, name, |a: &StringArray, i| a.value(i).to_string())
 }
 
 #[test]
