@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMicrosecondArray,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
 use tally_engine::{json, merkle, Ledger};
@@ -183,11 +183,6 @@ pub fn inference_tables(
             .transpose()?;
         Ok((inferences, attributions))
     })
-}
-
-/// The schema of a table (without building it).
-pub fn schema(table: &str) -> Option<SchemaRef> {
-    build(table, &Ledger::new()).map(|b| b.expect("an empty table builds").schema())
 }
 
 /// Builds `table` from the state, or `None` for a name this module does not own.

@@ -30,8 +30,6 @@ pub enum StorageError {
     DiskFull { path: PathBuf },
     #[error("record of {bytes} bytes exceeds the limit of {max} bytes: split the batch")]
     RecordTooLarge { bytes: usize, max: usize },
-    #[error("log index {index} is not in the log (first {first}, last {last})")]
-    NoSuchIndex { index: u64, first: u64, last: u64 },
     #[error("append out of order: expected log index {expected}, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
     #[error("{0}")]

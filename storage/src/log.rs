@@ -158,10 +158,6 @@ impl Log {
         Ok((Log { dir: dir.into(), segments, segment_bytes, next, durable }, recovery))
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Shared counter: every index below it is durable.
     pub fn durable(&self) -> Arc<AtomicU64> {
         self.durable.clone()

@@ -65,11 +65,6 @@ impl Proposal {
         Proposal { bytes }
     }
 
-    /// One batch as its own entry.
-    pub fn single(ts: i64, events: Vec<Event>) -> Proposal {
-        Proposal::group(&[encode_batch(ts, events)])
-    }
-
     /// Wraps bytes read from a log record or received from a peer (copied to aligned memory).
     pub fn from_bytes(bytes: &[u8]) -> Proposal {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());

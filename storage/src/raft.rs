@@ -139,10 +139,6 @@ impl LogStore {
     pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
         f(&self.lock().log)
     }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
 }
 
 fn log_id_of(h: &crate::record::Header) -> LogId<NodeId> {

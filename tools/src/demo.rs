@@ -51,8 +51,8 @@ pub fn run(data: &Path, seed: u64, inferences: u64) -> super::Result<ExitCode> {
     })?;
     bar.finish();
     let (lsn, epochs, open) = db.read(|l| (l.last_lsn(), l.epochs().count(), l.open_epoch()));
+    let bytes = db.log().with_log(|l| l.data_bytes());
     db.close()?;
-    let bytes = dir_bytes(&data.join("log"));
     let secs = started.elapsed().as_secs_f64();
     println!(
         "demo ledger written to {}: {events} events (lsn 1..={lsn}), {inferences} inferences, {} closed epochs + epoch {open} open, {:.1} MB of log, {secs:.1} s ({:.0} events/s)",
@@ -62,11 +62,4 @@ pub fn run(data: &Path, seed: u64, inferences: u64) -> super::Result<ExitCode> {
         events as f64 / secs
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// Bytes of records in the log's segments (what was written, not the preallocated size).
-fn dir_bytes(log_dir: &Path) -> u64 {
-    tally_storage::log::Log::open(log_dir, tally_storage::log::SEGMENT_BYTES)
-        .map(|(l, _)| l.data_bytes())
-        .unwrap_or(0)
 }
