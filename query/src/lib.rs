@@ -1,8 +1,15 @@
 //! Tally's SQL layer: DataFusion tables with the names and columns of surface.md, backed by the
-//! engine state, and the embedded database's `sql()`. No network here: the PostgreSQL wire
-//! protocol lives in `server/`.
+//! engine state and the log; the write path (INSERT, COPY FROM STDIN, transaction blocks) that
+//! turns rows into events exactly; and the embedded database's `Sql::query`. No network here:
+//! the PostgreSQL wire protocol lives in `server/`.
 
+mod copy;
+mod error;
+mod provider;
+mod row;
 mod session;
 pub mod tables;
 
-pub use session::{QueryError, Sql, QUERY_MEMORY_BYTES};
+pub use copy::{CopyIn, MAX_COPY_BYTES};
+pub use error::QueryError;
+pub use session::{Access, Block, Output, Sql, QUERY_MEMORY_BYTES};

@@ -1,60 +1,227 @@
-//! SQL over the ledger for the embedded database. Each query gets its own DataFusion session
-//! whose tables are copies of the engine state taken together under one short read lock: one
-//! query sees one lsn everywhere, and no lock is held while it runs. Read-only so far (writes
-//! through `insert_into` come with the SQL write path): statements that would change the ledger
-//! are refused as append-only, and anything that reads or writes the server's files or
-//! registers tables is refused outright.
+//! SQL over the ledger: one `Sql` per database, shared by every connection and by the embedded
+//! API. It owns the DataFusion context the tables are registered in (empty providers, see
+//! `provider.rs`); each statement runs in its own session state carrying the data it reads,
+//! copied under one short read lock, so no lock is held while a query runs and ingest is never
+//! stalled by a long scan. Writes come back as events and are appended here, one atomic batch
+//! per statement (or per transaction block at COMMIT).
+//!
+//! Safety for a server: statements that read or write the server's files or register tables
+//! are refused before planning, DDL is off, and every query has a bounded memory pool.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::datasource::MemTable;
-use datafusion::error::DataFusionError;
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::{
+    DmlStatement, Expr, LogicalPlan, LogicalPlanBuilder, Projection, WriteOp,
+};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::Statement;
-use tally_storage::Database;
+use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Statement, TableObject};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use tally_engine::{Event, MAX_BATCH_EVENTS};
+use tally_storage::{Database, WriteError};
 
-use crate::tables;
+use crate::copy::CopyIn;
+use crate::provider::{LedgerTable, Snapshot, Written};
+use crate::{row, tables, QueryError};
 
 /// Memory one query may use (sorts, joins, aggregates); beyond it the query fails.
 pub const QUERY_MEMORY_BYTES: usize = 512 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    /// UPDATE, DELETE, TRUNCATE, DROP, or a write to a read-only table (SQLSTATE 25006).
-    #[error("the ledger is append-only: {0} is not allowed")]
-    AppendOnly(String),
-    /// Statements that would touch the server's files or register tables (SQLSTATE 42501).
-    #[error("not allowed: {0}")]
-    NotAllowed(String),
-    #[error(transparent)]
-    DataFusion(#[from] DataFusionError),
-    #[error(transparent)]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-    #[error(transparent)]
-    Storage(#[from] tally_storage::StorageError),
+/// What a connection may do (surface.md: `reader` runs SELECT only, `writer` also writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Reader,
+    Writer,
+}
+
+/// What a statement did.
+pub enum Output {
+    /// A query's rows, ready to run (lazily) against its own snapshot.
+    Rows(DataFrame),
+    /// A write's rows as events, not yet appended: `Sql::append` or a `Block` takes them.
+    Write { table: &'static str, events: Vec<Event> },
 }
 
 /// SQL access to a database.
 #[derive(Clone)]
 pub struct Sql {
     db: Arc<Database>,
+    ctx: SessionContext,
 }
 
 impl Sql {
-    pub fn new(db: Arc<Database>) -> Sql {
-        Sql { db }
+    pub fn new(db: Arc<Database>) -> Result<Sql, QueryError> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES)))
+            .build_arc()?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_default_catalog_and_schema("tally", "public");
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        // Schemas come from the builders themselves, so they cannot drift from the data.
+        let empty = tally_engine::Ledger::new();
+        for name in tables::TABLES {
+            let batch = tables::build(name, &empty).expect("a known table")?;
+            ctx.register_table(*name, Arc::new(LedgerTable::new(name, batch.schema())))?;
+        }
+        let events = tables::events(&db, 0)?;
+        ctx.register_table("events", Arc::new(LedgerTable::new("events", events.schema())))?;
+        let (i, a) = tables::inference_tables(&db, 0, true, true)?;
+        for (name, b) in [("inferences", i), ("attributions", a)] {
+            let schema = b.expect("asked for").schema();
+            ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
+        }
+        Ok(Sql { db, ctx })
     }
 
-    /// Runs one statement and returns its rows.
-    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        check_statements(sql)?;
+    /// The database underneath.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// The shared DataFusion context (catalog name `tally`, schema `public`). The wire front
+    /// end registers PostgreSQL's catalog here; nothing may register tables that read files.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Parses SQL text with PostgreSQL's dialect.
+    pub fn parse(sql: &str) -> Result<Vec<Statement>, QueryError> {
+        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Sql::parse_error(sql, e))
+    }
+
+    /// The error for SQL that PostgreSQL's grammar rejects. DataFusion's own statements that
+    /// would reach the server's files (`CREATE EXTERNAL TABLE`) are named as not allowed.
+    pub fn parse_error(sql: &str, e: ParserError) -> QueryError {
+        if let Ok(statements) = DFParser::parse_sql(sql) {
+            if statements.iter().any(|s| matches!(s, DfStatement::CreateExternalTable(_))) {
+                return QueryError::NotAllowed(
+                    "CREATE EXTERNAL TABLE would read the server's files".into(),
+                );
+            }
+        }
+        QueryError::DataFusion(datafusion::error::DataFusionError::SQL(Box::new(e), None))
+    }
+
+    /// Refuses what `access` or the ledger never allows, in surface.md's order: role first,
+    /// then append-only, then statements that touch the server's files.
+    pub fn check(statement: &Statement, access: Access) -> Result<(), QueryError> {
+        let modifying = match statement {
+            Statement::Insert(_) => Some("INSERT"),
+            Statement::Update { .. } => Some("UPDATE"),
+            Statement::Delete(_) => Some("DELETE"),
+            Statement::Truncate { .. } => Some("TRUNCATE"),
+            Statement::Drop { .. } => Some("DROP"),
+            Statement::Merge { .. } => Some("MERGE"),
+            Statement::Copy { to: false, .. } => Some("COPY FROM"),
+            _ => None,
+        };
+        if let (Some(what), Access::Reader) = (modifying, access) {
+            return Err(QueryError::NotAllowed(format!(
+                "{what}: this user's role is reader, which may only read"
+            )));
+        }
+        match statement {
+            Statement::Update { .. } => Err(QueryError::AppendOnly("UPDATE".into())),
+            Statement::Delete(_) => Err(QueryError::AppendOnly("DELETE".into())),
+            Statement::Truncate { .. } => Err(QueryError::AppendOnly("TRUNCATE".into())),
+            Statement::Drop { .. } => Err(QueryError::AppendOnly("DROP".into())),
+            Statement::Merge { .. } => Err(QueryError::AppendOnly("MERGE".into())),
+            Statement::Insert(insert) => {
+                let name = insert_table(insert);
+                if row::writable(&name).is_none() && tables::is_table(&name) {
+                    return Err(QueryError::AppendOnly(format!(
+                        "INSERT into the read-only table {name}"
+                    )));
+                }
+                if insert.on.is_some() || insert.returning.is_some() || insert.overwrite {
+                    return Err(QueryError::Unsupported(
+                        "INSERT with ON CONFLICT, RETURNING or OVERWRITE".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Statement::CreateTable(_)
+            | Statement::CreateView { .. }
+            | Statement::CreateIndex(_)
+            | Statement::AlterTable { .. }
+            | Statement::CreateSchema { .. }
+            | Statement::CreateDatabase { .. }
+            | Statement::CreateFunction(_) => {
+                Err(QueryError::NotAllowed("DDL: the ledger's tables are fixed".into()))
+            }
+            Statement::Copy { .. } => match CopyIn::from_statement(statement) {
+                Some(Err(e)) => Err(e),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Plans one statement (already `check`ed). Placeholders may remain (`$1`), to be filled
+    /// with `LogicalPlan::with_param_values` before `run`.
+    pub async fn plan(&self, statement: &Statement) -> Result<LogicalPlan, QueryError> {
+        let mut statement = statement.clone();
+        if let Statement::Insert(insert) = &mut statement {
+            // INSERT without a column list means the writable columns (surface.md).
+            if insert.columns.is_empty() {
+                if let Some((_, columns)) = row::writable(&insert_table(insert)) {
+                    insert.columns =
+                        columns.iter().map(|c| ObjectName::from(vec![Ident::new(*c)])).collect();
+                }
+            }
+        }
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
+        if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Copy(_)) {
+            return Err(QueryError::NotAllowed("DDL and COPY TO".into()));
+        }
+        Ok(plan)
+    }
+
+    /// Runs a planned statement against a snapshot of the tables it reads.
+    pub async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
+        let plan = uncast_insert(plan)?;
+        let mut names = BTreeSet::new();
+        plan.apply_with_subqueries(|p| {
+            if let LogicalPlan::TableScan(scan) = p {
+                names.insert(scan.table_name.table().to_owned());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let snapshot = Arc::new(self.snapshot(&names)?);
+        let written = Arc::new(Written::default());
+        let mut state = self.ctx.state();
+        state.config_mut().set_extension(snapshot);
+        state.config_mut().set_extension(written.clone());
+        let is_insert =
+            matches!(&plan, LogicalPlan::Dml(DmlStatement { op: WriteOp::Insert(_), .. }));
+        let df = DataFrame::new(state, plan);
+        if !is_insert {
+            return Ok(Output::Rows(df));
+        }
+        df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?;
+        let (table, events) = written
+            .events
+            .lock()
+            .expect("the write slot is never poisoned")
+            .take()
+            .ok_or_else(|| QueryError::Unsupported("an INSERT that wrote nothing".into()))?;
+        Ok(Output::Write { table, events })
+    }
+
+    /// The rows of the named tables, all at one lsn.
+    fn snapshot(&self, names: &BTreeSet<String>) -> Result<Snapshot, QueryError> {
+        let mut snapshot = Snapshot::default();
         let wanted: Vec<&'static str> =
-            tables::TABLES.iter().copied().filter(|t| mentions(sql, t)).collect();
-        // The state tables and the lsn that the log tables stop at, taken together.
+            tables::TABLES.iter().copied().filter(|t| names.contains(*t)).collect();
         let (built, pinned) = self.db.read(|l| {
             let built = wanted
                 .iter()
@@ -62,32 +229,103 @@ impl Sql {
                 .collect::<Result<Vec<_>, _>>();
             (built, l.last_lsn())
         });
-        let mut built = built?;
-        if mentions(sql, "events") {
-            built.push(("events", tables::events(&self.db, pinned)?));
+        snapshot.tables.extend(built?);
+        if names.contains("events") {
+            snapshot.tables.insert("events", tables::events(&self.db, pinned)?);
         }
         let (want_inferences, want_attributions) =
-            (mentions(sql, "inferences"), mentions(sql, "attributions"));
+            (names.contains("inferences"), names.contains("attributions"));
         if want_inferences || want_attributions {
             let (i, a) =
                 tables::inference_tables(&self.db, pinned, want_inferences, want_attributions)?;
-            built.extend(i.map(|b| ("inferences", b)));
-            built.extend(a.map(|b| ("attributions", b)));
+            snapshot.tables.extend(i.map(|b| ("inferences", b)));
+            snapshot.tables.extend(a.map(|b| ("attributions", b)));
         }
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES)))
-            .build_arc()?;
-        let config = SessionConfig::new().with_information_schema(true);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        for (name, b) in built {
-            ctx.register_table(name, Arc::new(MemTable::try_new(b.schema(), vec![vec![b]])?))?;
+        Ok(snapshot)
+    }
+
+    /// Appends one statement's events as one atomic batch; returns the rows appended.
+    pub async fn append(&self, table: &'static str, events: Vec<Event>) -> Result<u64, QueryError> {
+        let n = events.len() as u64;
+        if events.is_empty() {
+            return Ok(0);
         }
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        let df = ctx.sql_with_options(sql, options).await?;
-        Ok(df.collect().await?)
+        self.db.write_async(events).await.map_err(|e| write_error(e, &[(0, table)]))?;
+        Ok(n)
+    }
+
+    /// Checks a statement's events inside a transaction block against the ledger plus the
+    /// block's earlier writes, and adds them to the block.
+    pub fn add_to_block(
+        &self,
+        block: &mut Block,
+        table: &'static str,
+        events: Vec<Event>,
+    ) -> Result<u64, QueryError> {
+        let n = events.len() as u64;
+        if block.events.len() + events.len() > MAX_BATCH_EVENTS {
+            return Err(QueryError::TooLarge(format!(
+                "this transaction block writes more than {MAX_BATCH_EVENTS} rows"
+            )));
+        }
+        let start = block.events.len();
+        block.events.extend(events);
+        let result = self.db.read(|l| l.validate(&block.events));
+        if let Err(r) = result {
+            let starts = block.starts_with(start, table);
+            block.events.truncate(start);
+            return Err(QueryError::from_refusal(&r, table, 1).renumber(&starts));
+        }
+        block.statements.push((start, table));
+        Ok(n)
+    }
+
+    /// Appends a transaction block atomically (validated again, against the ledger as it is
+    /// now).
+    pub async fn commit(&self, block: Block) -> Result<u64, QueryError> {
+        let n = block.events.len() as u64;
+        if block.events.is_empty() {
+            return Ok(0);
+        }
+        self.db.write_async(block.events).await.map_err(|e| write_error(e, &block.statements))?;
+        Ok(n)
+    }
+
+    /// Parses a COPY's data and appends it as one atomic batch (or adds it to `block`).
+    pub async fn copy_in(
+        &self,
+        copy: &CopyIn,
+        data: &[u8],
+        block: Option<&mut Block>,
+    ) -> Result<u64, QueryError> {
+        let events = copy.events(data)?;
+        match block {
+            Some(block) => self.add_to_block(block, copy.table(), events),
+            None => self.append(copy.table(), events).await,
+        }
+    }
+
+    /// Runs SQL text for the embedded API, one statement after another, each appended on its
+    /// own; returns the last statement's rows (a write returns one `count` row).
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let statements = Sql::parse(sql)?;
+        let mut last = Vec::new();
+        for statement in &statements {
+            Sql::check(statement, Access::Writer)?;
+            if matches!(statement, Statement::Copy { .. }) {
+                return Err(QueryError::Unsupported(
+                    "COPY FROM STDIN needs data: use Sql::copy_in".into(),
+                ));
+            }
+            let plan = self.plan(statement).await?;
+            last = match self.run(plan).await? {
+                Output::Rows(df) => {
+                    df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?
+                }
+                Output::Write { table, events } => count_batch(self.append(table, events).await?)?,
+            };
+        }
+        Ok(last)
     }
 
     /// `query` for callers without an async runtime.
@@ -96,40 +334,117 @@ impl Sql {
     }
 }
 
-/// Whether `sql` names `table` as a whole word (case-insensitive).
-fn mentions(sql: &str, table: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    lower.match_indices(table).any(|(at, _)| {
-        let before = lower[..at].chars().next_back();
-        let after = lower[at + table.len()..].chars().next();
-        !before.is_some_and(word) && !after.is_some_and(word)
-    })
+/// Writes held back by `BEGIN` until `COMMIT`.
+#[derive(Debug, Default)]
+pub struct Block {
+    events: Vec<Event>,
+    /// Where each statement's events start, and their table.
+    statements: Vec<(usize, &'static str)>,
 }
 
-/// Refuses, before planning, what the ledger never allows.
-fn check_statements(sql: &str) -> Result<(), QueryError> {
-    let statements = DFParser::parse_sql(sql)?;
-    for s in statements {
-        match s {
-            DfStatement::CreateExternalTable(_) => {
-                return Err(QueryError::NotAllowed("CREATE EXTERNAL TABLE".into()))
+impl Block {
+    pub fn rows(&self) -> usize {
+        self.events.len()
+    }
+
+    fn starts_with(&self, start: usize, table: &'static str) -> Vec<(usize, &'static str)> {
+        let mut s = self.statements.clone();
+        s.push((start, table));
+        s
+    }
+}
+
+impl QueryError {
+    /// Re-numbers a refusal made against a whole block to name its statement's table and
+    /// row. `statements` lists where each statement's events start.
+    fn renumber(self, statements: &[(usize, &'static str)]) -> QueryError {
+        match self {
+            QueryError::Refused { row, field, value, message, sqlstate, .. } => {
+                let index = row - 1;
+                let (start, table) = statements
+                    .iter()
+                    .rev()
+                    .find(|(s, _)| *s <= index)
+                    .copied()
+                    .unwrap_or((0, "ledger"));
+                QueryError::Refused {
+                    row: index - start + 1,
+                    table,
+                    field,
+                    value,
+                    message,
+                    sqlstate,
+                }
             }
-            DfStatement::CopyTo(_) => return Err(QueryError::NotAllowed("COPY ... TO".into())),
-            DfStatement::Statement(s) => match *s {
-                Statement::Update { .. } => return Err(QueryError::AppendOnly("UPDATE".into())),
-                Statement::Delete(_) => return Err(QueryError::AppendOnly("DELETE".into())),
-                Statement::Truncate { .. } => {
-                    return Err(QueryError::AppendOnly("TRUNCATE".into()))
-                }
-                Statement::Drop { .. } => return Err(QueryError::AppendOnly("DROP".into())),
-                Statement::Insert(_) => {
-                    return Err(QueryError::AppendOnly("INSERT into a read-only table".into()))
-                }
-                _ => {}
-            },
-            _ => {}
+            other => other,
         }
     }
-    Ok(())
+}
+
+fn write_error(e: WriteError, statements: &[(usize, &'static str)]) -> QueryError {
+    match e {
+        WriteError::Refused(r) => QueryError::from_refusal(&r, "ledger", 1).renumber(statements),
+        other => QueryError::Write(other.to_string()),
+    }
+}
+
+fn count_batch(n: u64) -> Result<Vec<RecordBatch>, QueryError> {
+    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, false)]));
+    Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n as i64]))])?])
+}
+
+fn insert_table(insert: &datafusion::sql::sqlparser::ast::Insert) -> String {
+    match &insert.table {
+        TableObject::TableName(name) => {
+            let n = name.to_string().to_ascii_lowercase();
+            n.rsplit('.').next().unwrap_or(&n).trim_matches('"').to_owned()
+        }
+        _ => String::new(),
+    }
+}
+
+/// DataFusion casts an INSERT's values to the table's column types, and its casts may lose
+/// data (1001.9 → 1001). The ledger must see the values as written, so the casts over the
+/// inserted columns are removed and `row.rs` converts each value exactly, or refuses it.
+fn uncast_insert(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+    let LogicalPlan::Dml(mut dml) = plan else {
+        return Ok(plan);
+    };
+    if !matches!(dml.op, WriteOp::Insert(_)) {
+        return Ok(LogicalPlan::Dml(dml));
+    }
+    if let LogicalPlan::Projection(p) = dml.input.as_ref() {
+        let exprs = p
+            .expr
+            .iter()
+            .map(|e| match e {
+                Expr::Alias(a) => uncast(*a.expr.clone()).alias(a.name.clone()),
+                other => uncast(other.clone()),
+            })
+            .collect();
+        // Values planned against the table's schema were cast to its types too: plan them
+        // again from the values as written.
+        let input = match p.input.as_ref() {
+            LogicalPlan::Values(v) => {
+                let rows = v
+                    .values
+                    .iter()
+                    .map(|row| row.iter().map(|e| uncast(e.clone())).collect())
+                    .collect();
+                Arc::new(LogicalPlanBuilder::values(rows)?.build()?)
+            }
+            _ => p.input.clone(),
+        };
+        let projection = Projection::try_new(exprs, input)?;
+        dml.input = Arc::new(LogicalPlan::Projection(projection));
+    }
+    Ok(LogicalPlan::Dml(dml))
+}
+
+fn uncast(e: Expr) -> Expr {
+    match e {
+        Expr::Cast(c) => *c.expr,
+        Expr::TryCast(c) => *c.expr,
+        other => other,
+    }
 }

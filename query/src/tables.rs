@@ -27,6 +27,11 @@ pub const TABLES: &[&str] = &[
     "epochs",
 ];
 
+/// Whether `name` is any table of surface.md (state tables and the log's tables).
+pub fn is_table(name: &str) -> bool {
+    TABLES.contains(&name) || matches!(name, "events" | "inferences" | "attributions")
+}
+
 fn text(name: &str) -> Field {
     Field::new(name, DataType::Utf8, false)
 }

@@ -19,7 +19,7 @@ fn demo() -> (tempfile::TempDir, Sql) {
     for batch in Generator::new(Shape::demo(5, 4_000)) {
         db.write(batch).unwrap();
     }
-    (dir, Sql::new(Arc::new(db)))
+    (dir, Sql::new(Arc::new(db)).unwrap())
 }
 
 /// A column of every batch, as plain values.
@@ -192,4 +192,114 @@ fn inferences_and_attributions_come_from_the_log_and_conserve_fees() {
         list.split(',').all(|e| e.rsplit_once(':').is_some_and(|(_, w)| w.parse::<u32>().is_ok())),
         "{list}"
     );
+}
+
+fn sqlstate(r: Result<Vec<RecordBatch>, QueryError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => e.sqlstate(),
+    }
+}
+
+fn count(sql: &Sql, q: &str) -> i64 {
+    col_i64(&sql.query_blocking(q).unwrap(), "n")[0]
+}
+
+#[test]
+fn inserts_append_events_exactly_or_refuse_the_whole_statement() {
+    let (_dir, sql) = demo();
+    let inferences = count(&sql, "SELECT COUNT(*) AS n FROM inferences");
+    // A model, contributions and a datanet that the demo ledger has.
+    let model = col_str(
+        &sql.query_blocking(
+            "SELECT model FROM models WHERE base_model IS NULL ORDER BY model LIMIT 1",
+        )
+        .unwrap(),
+        "model",
+    )[0]
+    .clone();
+    let c = col_str(
+        &sql.query_blocking(&format!(
+            "SELECT c.contribution FROM contributions c JOIN models m ON strpos(m.datanets, c.datanet) > 0 \
+             WHERE m.model = '{model}' AND NOT c.revoked ORDER BY c.contribution LIMIT 2"
+        ))
+        .unwrap(),
+        "contribution",
+    );
+    let ok = format!(
+        "INSERT INTO inferences VALUES ('sql-1', '{model}', 'u1', 1000, '{}:0.9,{}:0.3'), \
+         ('sql-2', '{model}', 'u1', 2000, '{}:1')",
+        c[0], c[1], c[0]
+    );
+    let n = sql.query_blocking(&ok).unwrap();
+    assert_eq!(col_i64(&n, "count"), vec![2]);
+    assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM inferences"), inferences + 2);
+    let weights = sql
+        .query_blocking("SELECT attributions FROM inferences WHERE inference = 'sql-1'")
+        .unwrap();
+    assert_eq!(
+        col_str(&weights, "attributions"),
+        vec![format!("{}:1000000,{}:333333", c[0], c[1])]
+    );
+    // Lossy values, bad lists, unknown references and duplicates: each refused with its code,
+    // and nothing of the statement appended.
+    for (q, code) in [
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 5, ''), ('sql-4', '{model}', 'u', 1001.9, '')"), "22023"),
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', '12x', '')"), "22023"),
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 5, '{}:-1')", c[0]), "22023"),
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', NULL, '')"), "23502"),
+        ("INSERT INTO inferences VALUES ('sql-3', 'no-such-model', 'u', 5, '')".to_string(), "23503"),
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 5, ''), ('sql-1', '{model}', 'u', 5, '')"), "23505"),
+        (format!("INSERT INTO inferences (inference, model, consumer, fee, lsn) VALUES ('sql-3', '{model}', 'u', 5, 7)"), "22023"),
+        ("INSERT INTO settlements VALUES (99)".to_string(), "22023"),
+        ("INSERT INTO epochs VALUES (1, 'open', 1, NULL, 0, 0)".to_string(), "25006"),
+    ] {
+        assert_eq!(sqlstate(sql.query_blocking(&q)), code, "{q}");
+    }
+    assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM inferences"), inferences + 2);
+    match sql.query_blocking(&format!("INSERT INTO inferences VALUES ('sql-5', '{model}', 'u', 5, ''), ('sql-6', '{model}', 'u', 1001.9, '')")) {
+        Err(QueryError::Refused { row, field, value, .. }) => {
+            assert_eq!((row, field.as_str(), value.as_str()), (2, "fee", "1001.9"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // INSERT … SELECT appends in the query's order; columns may be named in any order.
+    sql.query_blocking("INSERT INTO datanets (owner, datanet) SELECT 'sql-owner', 'dn-sql-' || datanet FROM datanets ORDER BY datanet DESC").unwrap();
+    let added = sql
+        .query_blocking("SELECT datanet FROM datanets WHERE owner = 'sql-owner' ORDER BY lsn")
+        .unwrap();
+    let added = col_str(&added, "datanet");
+    assert!(added.len() > 1 && added.windows(2).all(|w| w[0] > w[1]), "{added:?}");
+}
+
+#[test]
+fn copy_and_transaction_blocks_are_atomic() {
+    let (_dir, sql) = demo();
+    let rt = sql.database().runtime();
+    let copy = |stmt: &str| {
+        let s = Sql::parse(stmt).unwrap().remove(0);
+        tally_query::CopyIn::from_statement(&s).unwrap().unwrap()
+    };
+    let datanets = count(&sql, "SELECT COUNT(*) AS n FROM datanets");
+    let csv = copy("COPY datanets (datanet, owner) FROM STDIN WITH (FORMAT csv, HEADER)");
+    assert_eq!(
+        rt.block_on(sql.copy_in(&csv, b"datanet,owner\ncp-1,o\n\"cp-2\",o\n", None)).unwrap(),
+        2
+    );
+    let bad = rt.block_on(sql.copy_in(&csv, b"datanet,owner\ncp-3,o\ncp 4,o\n", None)).unwrap_err();
+    assert_eq!(bad.sqlstate(), "22023");
+    assert!(bad.to_string().contains("row 2"), "{bad}");
+    assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets"), datanets + 2);
+    // A block: each write checked against the ledger and the block's earlier writes.
+    let mut block = tally_query::Block::default();
+    let text = copy("COPY datanets FROM STDIN");
+    rt.block_on(sql.copy_in(&text, b"blk-1\to\n", Some(&mut block))).unwrap();
+    let dup =
+        rt.block_on(sql.copy_in(&text, b"blk-2\to\nblk-1\to\n", Some(&mut block))).unwrap_err();
+    assert_eq!(dup.sqlstate(), "23505");
+    assert!(dup.to_string().contains("row 2"), "{dup}");
+    assert_eq!(block.rows(), 1, "a refused statement leaves the block as it was");
+    assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets WHERE datanet = 'blk-1'"), 0);
+    rt.block_on(sql.commit(block)).unwrap();
+    assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets WHERE datanet = 'blk-1'"), 1);
 }

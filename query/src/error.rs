@@ -1,0 +1,132 @@
+//! The SQL layer's one error type, and the SQLSTATE each error carries to a PostgreSQL client
+//! (surface.md "Rules"). The codes live here so the wire front end and the embedded API agree.
+
+use datafusion::error::DataFusionError;
+use tally_engine::{Refusal, RefusalClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// UPDATE, DELETE, TRUNCATE, DROP, or a write to a read-only table (SQLSTATE 25006).
+    #[error("the ledger is append-only: {0} is not allowed")]
+    AppendOnly(String),
+    /// Statements that would touch the server's files or register tables, or a write by a
+    /// `reader` (SQLSTATE 42501).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+    /// A row the ledger refuses; nothing of its statement was appended.
+    #[error("row {row} of the {table} write: field {field} = {value:?}: {message}")]
+    Refused {
+        /// 1-based position of the row in its statement (or COPY, or transaction block).
+        row: usize,
+        table: &'static str,
+        field: String,
+        value: String,
+        message: String,
+        sqlstate: &'static str,
+    },
+    /// A statement or COPY over the batch limits of surface.md (SQLSTATE 54000).
+    #[error("{0}: split it into smaller statements, or use streaming ingest (`tally ingest`)")]
+    TooLarge(String),
+    /// COPY data that is not valid text/CSV for its options (SQLSTATE 22P04).
+    #[error("COPY data, line {line}: {message}")]
+    BadCopyData { line: usize, message: String },
+    /// SQL we do not support (SQLSTATE 0A000).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The write could not be made durable; nothing of it was appended (SQLSTATE 58030).
+    #[error("the write was not appended: {0}")]
+    Write(String),
+    #[error(transparent)]
+    DataFusion(#[from] DataFusionError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    #[error(transparent)]
+    Storage(#[from] tally_storage::StorageError),
+}
+
+impl QueryError {
+    /// The PostgreSQL error code a client sees.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            QueryError::AppendOnly(_) => "25006",
+            QueryError::NotAllowed(_) => "42501",
+            QueryError::Refused { sqlstate, .. } => sqlstate,
+            QueryError::TooLarge(_) => "54000",
+            QueryError::BadCopyData { .. } => "22P04",
+            QueryError::Unsupported(_) => "0A000",
+            QueryError::Write(_) => "58030",
+            QueryError::DataFusion(e) => datafusion_sqlstate(e),
+            QueryError::Arrow(_) => "22000",
+            QueryError::Storage(_) => "58030",
+        }
+    }
+
+    /// A refusal by the engine, for a statement whose rows start at `first_row` (1-based).
+    pub(crate) fn from_refusal(r: &Refusal, table: &'static str, first_row: usize) -> QueryError {
+        let sqlstate = match r.rule.class() {
+            RefusalClass::Duplicate => "23505",
+            RefusalClass::UnknownReference => "23503",
+            RefusalClass::Lineage => "23514",
+            RefusalClass::Overflow => "22003",
+            RefusalClass::InvalidValue => "22023",
+        };
+        let value = match r.entry {
+            Some(entry) => format!("entry {} ({})", entry + 1, r.value),
+            None => r.value.clone(),
+        };
+        QueryError::Refused {
+            row: first_row + r.index,
+            table,
+            field: r.field.to_string(),
+            value,
+            message: r.rule.to_string(),
+            sqlstate,
+        }
+    }
+
+    /// Unwraps the DataFusion wrappers around one of ours (errors raised inside a sink travel
+    /// through DataFusion as `External`).
+    pub(crate) fn unwrap_external(self) -> QueryError {
+        match self {
+            QueryError::DataFusion(e) => match find_ours(e) {
+                Ok(ours) => ours,
+                Err(e) => QueryError::DataFusion(e),
+            },
+            other => other,
+        }
+    }
+}
+
+fn find_ours(e: DataFusionError) -> Result<QueryError, DataFusionError> {
+    match e {
+        DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
+            Ok(ours) => Ok(ours.unwrap_external()),
+            Err(other) => Err(DataFusionError::External(other)),
+        },
+        DataFusionError::Context(ctx, inner) => match find_ours(*inner) {
+            Ok(ours) => Ok(ours),
+            Err(inner) => Err(DataFusionError::Context(ctx, Box::new(inner))),
+        },
+        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+            Ok(inner) => find_ours(inner),
+            Err(shared) => Err(DataFusionError::Shared(shared)),
+        },
+        other => Err(other),
+    }
+}
+
+fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
+    match e {
+        DataFusionError::SQL(..) => "42601",
+        DataFusionError::Plan(msg) if msg.contains("not found") => "42P01",
+        DataFusionError::SchemaError(..) => "42703",
+        DataFusionError::Plan(_) => "42804",
+        DataFusionError::NotImplemented(_) => "0A000",
+        DataFusionError::ResourcesExhausted(_) => "53200",
+        DataFusionError::Context(_, inner) => datafusion_sqlstate(inner),
+        DataFusionError::Diagnostic(_, inner) => datafusion_sqlstate(inner),
+        DataFusionError::ArrowError(..) => "22000",
+        DataFusionError::Execution(_) => "22000",
+        _ => "XX000",
+    }
+}

@@ -1,0 +1,237 @@
+//! The DataFusion face of every table of surface.md. A `LedgerTable` holds no data: a query's
+//! data is the `Snapshot` its session carries (built for that query under one read lock, so
+//! one query sees one lsn everywhere), and a write goes to the `Written` slot its session
+//! carries, as events, for the caller to append. Nothing here appends to the ledger.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableType};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use tally_engine::{Event, MAX_BATCH_EVENTS};
+
+use crate::row::{self, Cell};
+use crate::QueryError;
+
+/// The rows of every table a query reads, taken together.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    pub tables: HashMap<&'static str, RecordBatch>,
+}
+
+/// Where an INSERT's rows land as events, for the statement's caller to append.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub events: Mutex<Option<(&'static str, Vec<Event>)>>,
+}
+
+fn ours(e: QueryError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+#[derive(Debug)]
+pub(crate) struct LedgerTable {
+    name: &'static str,
+    schema: SchemaRef,
+}
+
+impl LedgerTable {
+    pub fn new(name: &'static str, schema: SchemaRef) -> LedgerTable {
+        LedgerTable { name, schema }
+    }
+}
+
+#[async_trait]
+impl TableProvider for LedgerTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let snapshot = state.config().get_extension::<Snapshot>();
+        // A plan built without a snapshot (e.g. only to describe a statement) scans nothing.
+        let batch = snapshot
+            .as_ref()
+            .and_then(|s| s.tables.get(self.name).cloned())
+            .unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+        let partitions = split(batch);
+        Ok(MemorySourceConfig::try_new_exec(
+            &[partitions],
+            self.schema.clone(),
+            projection.cloned(),
+        )?)
+    }
+
+    async fn insert_into(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some((table, writable)) = row::writable(self.name) else {
+            return Err(ours(QueryError::AppendOnly(format!(
+                "INSERT into the read-only table {}",
+                self.name
+            ))));
+        };
+        if op != InsertOp::Append {
+            return Err(ours(QueryError::AppendOnly(format!("INSERT {op} into {table}"))));
+        }
+        let slot = state.config().get_extension::<Written>().ok_or_else(|| {
+            DataFusionError::Internal("an INSERT ran without a place for its rows".into())
+        })?;
+        let sink = RowSink { table, writable, schema: input.schema(), slot };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Batches of at most this many rows, so that DataFusion can work on them in parallel.
+const SCAN_BATCH_ROWS: usize = 65_536;
+
+fn split(batch: RecordBatch) -> Vec<RecordBatch> {
+    if batch.num_rows() <= SCAN_BATCH_ROWS {
+        return vec![batch];
+    }
+    (0..batch.num_rows())
+        .step_by(SCAN_BATCH_ROWS)
+        .map(|at| batch.slice(at, SCAN_BATCH_ROWS.min(batch.num_rows() - at)))
+        .collect()
+}
+
+/// Turns an INSERT's rows into events, exactly (`row.rs`); appends nothing.
+struct RowSink {
+    table: &'static str,
+    writable: &'static [&'static str],
+    schema: SchemaRef,
+    slot: Arc<Written>,
+}
+
+impl fmt::Debug for RowSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RowSink({})", self.table)
+    }
+}
+
+impl DisplayAs for RowSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "append to the ledger: {}", self.table)
+    }
+}
+
+#[async_trait]
+impl DataSink for RowSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let mut events = Vec::new();
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            let columns = batch.columns();
+            for r in 0..batch.num_rows() {
+                let index = events.len();
+                if index == MAX_BATCH_EVENTS {
+                    return Err(ours(QueryError::TooLarge(format!(
+                        "this statement writes more than {MAX_BATCH_EVENTS} rows"
+                    ))));
+                }
+                let refused = |field: String, value: String, message: String, sqlstate| {
+                    ours(QueryError::Refused {
+                        row: index + 1,
+                        table: self.table,
+                        field,
+                        value,
+                        message,
+                        sqlstate,
+                    })
+                };
+                // Columns past the writable ones are the ledger's own (lsn, ts, …).
+                for (c, field) in columns.iter().zip(self.schema.fields()).skip(self.writable.len())
+                {
+                    if c.data_type() != &DataType::Null && !c.is_null(r) {
+                        return Err(refused(
+                            field.name().clone(),
+                            "(a value)".into(),
+                            format!("{} is set by the ledger and cannot be written", field.name()),
+                            "22023",
+                        ));
+                    }
+                }
+                let mut cells = [Cell::Null; row::MAX_WRITABLE];
+                for (slot, c) in cells.iter_mut().zip(&columns[..self.writable.len()]) {
+                    *slot = cell(c.as_ref(), r);
+                }
+                let event = row::to_event(self.table, &cells[..self.writable.len()], index)
+                    .map_err(|e| refused(e.field.into(), e.value, e.message, e.sqlstate))?;
+                events.push(event);
+            }
+        }
+        let n = events.len() as u64;
+        *self.slot.events.lock().expect("the write slot is never poisoned") =
+            Some((self.table, events));
+        Ok(n)
+    }
+}
+
+/// Row `r` of `array` as a `Cell`, without any conversion.
+fn cell(array: &dyn Array, r: usize) -> Cell<'_> {
+    use datafusion::arrow::datatypes as t;
+    if array.is_null(r) {
+        return Cell::Null;
+    }
+    match array.data_type() {
+        DataType::Null => Cell::Null,
+        DataType::Utf8 => Cell::Text(array.as_string::<i32>().value(r)),
+        DataType::LargeUtf8 => Cell::Text(array.as_string::<i64>().value(r)),
+        DataType::Utf8View => Cell::Text(array.as_string_view().value(r)),
+        DataType::Int8 => Cell::Int(array.as_primitive::<t::Int8Type>().value(r).into()),
+        DataType::Int16 => Cell::Int(array.as_primitive::<t::Int16Type>().value(r).into()),
+        DataType::Int32 => Cell::Int(array.as_primitive::<t::Int32Type>().value(r).into()),
+        DataType::Int64 => Cell::Int(array.as_primitive::<t::Int64Type>().value(r)),
+        DataType::UInt8 => Cell::Int(array.as_primitive::<t::UInt8Type>().value(r).into()),
+        DataType::UInt16 => Cell::Int(array.as_primitive::<t::UInt16Type>().value(r).into()),
+        DataType::UInt32 => Cell::Int(array.as_primitive::<t::UInt32Type>().value(r).into()),
+        DataType::UInt64 => {
+            let v = array.as_primitive::<t::UInt64Type>().value(r);
+            i64::try_from(v).map_or(Cell::Decimal { value: i128::from(v), scale: 0 }, Cell::Int)
+        }
+        DataType::Float32 => Cell::Float(array.as_primitive::<t::Float32Type>().value(r).into()),
+        DataType::Float64 => Cell::Float(array.as_primitive::<t::Float64Type>().value(r)),
+        DataType::Decimal128(_, scale) => Cell::Decimal {
+            value: array.as_primitive::<t::Decimal128Type>().value(r),
+            scale: *scale,
+        },
+        DataType::Boolean => Cell::Other("BOOLEAN"),
+        DataType::Date32 | DataType::Date64 => Cell::Other("DATE"),
+        DataType::Timestamp(..) => Cell::Other("TIMESTAMP"),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => Cell::Other("BYTEA"),
+        DataType::List(_) | DataType::LargeList(_) => Cell::Other("ARRAY"),
+        _ => Cell::Other("unsupported type"),
+    }
+}
