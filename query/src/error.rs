@@ -86,7 +86,7 @@ impl QueryError {
 
     /// Unwraps the DataFusion wrappers around one of ours (errors raised inside a sink travel
     /// through DataFusion as `External`).
-    pub(crate) fn unwrap_external(self) -> QueryError {
+    pub fn unwrap_external(self) -> QueryError {
         match self {
             QueryError::DataFusion(e) => match find_ours(e) {
                 Ok(ours) => ours,

@@ -1,1 +1,283 @@
-//! placeholder
+//! A Tally node as a library: the PostgreSQL wire front end over `tally_query::Sql`.
+//! `Server::bind` claims the address (a clear error if it is taken or not allowed), `run`
+//! serves until the shutdown future resolves, then stops accepting and lets open connections
+//! finish for a grace period. Nothing reachable from the network may touch the server's files
+//! (see `tally_query`), run past the statement time limit, or skip authentication outside
+//! development mode (no users configured: loopback only).
+
+mod connection;
+mod scram;
+mod startup;
+pub mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
+use datafusion::scalar::ScalarValue;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
+use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use datafusion_postgres::pgwire;
+use pgwire::api::cancel::DefaultCancelHandler;
+use pgwire::api::{ConnectionManager, PgWireServerHandlers, RandomPidSecretKeyGenerator};
+use tally_query::Sql;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+
+use crate::connection::{Connection, Shared};
+use crate::startup::Startup;
+pub use crate::users::Users;
+
+/// The address `tally serve` listens on unless told otherwise (surface.md).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
+/// Connections served at once; more are refused with SQLSTATE 53300, as PostgreSQL does.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100;
+/// The longest any statement may run (a session may ask for less with statement_timeout).
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long open connections get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Bind(String),
+    #[error("users file: {0}")]
+    Users(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("setting up SQL: {0}")]
+    Sql(String),
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// Empty: development mode.
+    pub users: Users,
+    /// PEM certificate chain and private key; TLS is offered when given.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub statement_timeout: Duration,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr) -> ServeOptions {
+        ServeOptions {
+            listen,
+            users: Users::default(),
+            tls: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+/// A bound, not yet serving, PostgreSQL front end.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    users: Arc<Users>,
+    tls: Option<TlsAcceptor>,
+    limit: Arc<Semaphore>,
+    connections: Arc<ConnectionManager>,
+    pids: Arc<RandomPidSecretKeyGenerator>,
+}
+
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServerError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let certs = rustls_pemfile::certs(&mut read(cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(ServerError::Tls(format!("{} holds no certificate", cert.display())));
+    }
+    let key = rustls_pemfile::private_key(&mut read(key)?.as_slice())
+        .map_err(|e| ServerError::Tls(format!("{}: {e}", key.display())))?
+        .ok_or_else(|| ServerError::Tls(format!("{} holds no private key", key.display())))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// `version()` answers like PostgreSQL's, which drivers parse, and says what it is.
+fn register_version(sql: &Sql) {
+    let text = format!(
+        "PostgreSQL {} (Tally {}, an attribution ledger; SQL by Apache DataFusion)",
+        startup::SERVER_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
+    let udf = create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
+    );
+    sql.context().register_udf(udf);
+}
+
+impl Server {
+    pub async fn bind(sql: Sql, options: ServeOptions) -> Result<Server, ServerError> {
+        if options.users.is_empty() && !options.listen.ip().is_loopback() {
+            return Err(ServerError::Bind(format!(
+                "refusing to listen on {}: no users are configured (development mode accepts \
+                 loopback connections only); add one with `tally user add`, or listen on 127.0.0.1",
+                options.listen
+            )));
+        }
+        let tls = match &options.tls {
+            Some((cert, key)) => Some(tls_acceptor(cert, key)?),
+            None => None,
+        };
+        setup_pg_catalog(sql.context(), "tally", EmptyContextProvider)
+            .map_err(|e| ServerError::Sql(e.to_string()))?;
+        register_version(&sql);
+        let listener = TcpListener::bind(options.listen).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                ServerError::Bind(format!(
+                    "{} is already in use (is another `tally serve` running?); pick another \
+                     address with --listen",
+                    options.listen
+                ))
+            } else {
+                ServerError::Bind(format!("cannot listen on {}: {e}", options.listen))
+            }
+        })?;
+        let shared = Arc::new(Shared {
+            sql,
+            parser: PostgresCompatibilityParser::new(),
+            max_statement_time: options.statement_timeout,
+        });
+        Ok(Server {
+            listener,
+            shared,
+            users: Arc::new(options.users),
+            tls,
+            limit: Arc::new(Semaphore::new(options.max_connections)),
+            connections: Arc::new(ConnectionManager::new()),
+            pids: Arc::new(RandomPidSecretKeyGenerator::default()),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn development_mode(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting and waits (a bounded time) for
+    /// open connections to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let max = self.limit.available_permits();
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            let (mut socket, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let Ok(permit) = self.limit.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "refused: {max} connections are open");
+                tokio::spawn(async move {
+                    let _ = socket.write_all(&too_many_connections()).await;
+                    let _ = socket.shutdown().await;
+                });
+                continue;
+            };
+            let _ = socket.set_nodelay(true);
+            let handlers = Handlers {
+                connection: Arc::new(Connection::new(self.shared.clone())),
+                startup: Arc::new(Startup::new(
+                    self.users.clone(),
+                    self.connections.clone(),
+                    self.pids.clone(),
+                )),
+                cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
+            };
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        let open = max - self.limit.available_permits();
+        if open > 0 {
+            tracing::info!("waiting up to {SHUTDOWN_GRACE:?} for {open} open connections");
+            let all = u32::try_from(max).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.limit.acquire_many(all)).await;
+        }
+    }
+}
+
+/// A FATAL ErrorResponse (53300), written before the client's startup message is read.
+fn too_many_connections() -> Vec<u8> {
+    let mut body = Vec::new();
+    for (tag, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', "53300"),
+        (b'M', "sorry, too many clients already"),
+    ] {
+        body.push(tag);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut message = vec![b'E'];
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+struct Handlers {
+    connection: Arc<Connection>,
+    startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
+}
+
+impl PgWireServerHandlers for Handlers {
+    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
+        self.connection.clone()
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
+        self.connection.clone()
+    }
+
+    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
+        self.startup.clone()
+    }
+
+    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
+        self.connection.clone()
+    }
+
+    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
+        self.cancel.clone()
+    }
+}

@@ -13,13 +13,24 @@ use tally_workload::{Generator, Shape};
 const IN_FLIGHT: usize = 4;
 
 pub fn run(data: &Path, seed: u64, inferences: u64) -> super::Result<ExitCode> {
-    if data.exists() && std::fs::read_dir(data)?.next().is_some() {
+    if !is_empty(data)? {
         return Err(format!(
             "{} is not empty: `tally demo` fills a new data directory",
             data.display()
         )
         .into());
     }
+    fill(data, seed, inferences)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `data` is missing or an empty directory.
+pub fn is_empty(data: &Path) -> super::Result<bool> {
+    Ok(!data.exists() || std::fs::read_dir(data)?.next().is_none())
+}
+
+/// Writes the demo ledger into the (empty) directory `data`.
+pub fn fill(data: &Path, seed: u64, inferences: u64) -> super::Result<()> {
     let started = Instant::now();
     let db = Database::open(data)?;
     let bar = ProgressBar::new(inferences);
@@ -61,5 +72,5 @@ pub fn run(data: &Path, seed: u64, inferences: u64) -> super::Result<ExitCode> {
         bytes as f64 / 1e6,
         events as f64 / secs
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

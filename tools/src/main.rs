@@ -1,8 +1,10 @@
-//! `tally`: the one binary. Subcommands: `demo` (fill a data directory with a synthetic
-//! ledger), `verify` (rebuild from the log and compare), `salvage` (explicitly cut a corrupt
-//! log at its last good record). Argument parsing and output only; the work is in the crates.
+//! `tally`: the one binary. Subcommands: `serve` (SQL over the PostgreSQL wire protocol),
+//! `user add`, `demo` (fill a data directory with a synthetic ledger), `verify` (rebuild from
+//! the log and compare), `salvage` (explicitly cut a corrupt log at its last good record).
+//! Argument parsing and output only; the work is in the crates.
 
 mod demo;
+mod serve;
 mod torture;
 
 use std::path::PathBuf;
@@ -19,6 +21,40 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the ledger over the PostgreSQL wire protocol (psql, drivers, BI tools).
+    Serve {
+        #[arg(long, default_value = "./tally-data")]
+        data: PathBuf,
+        /// Address to listen on; without users only a loopback address is allowed.
+        #[arg(long, default_value = tally_server::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+        /// Users file (SCRAM verifiers); default `<data>/users`. None: development mode.
+        #[arg(long)]
+        users: Option<PathBuf>,
+        /// Fill an empty data directory with the demo ledger first.
+        #[arg(long)]
+        demo: bool,
+        /// Inferences in the demo ledger (with --demo).
+        #[arg(long, default_value_t = 200_000)]
+        demo_inferences: u64,
+        /// PEM certificate chain: with --tls-key, clients may use TLS.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
+        /// Connections served at once; more are refused (SQLSTATE 53300).
+        #[arg(long, default_value_t = tally_server::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// The longest any statement may run, in seconds.
+        #[arg(long, default_value_t = tally_server::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
+        statement_timeout: u64,
+    },
+    /// Manage the users a server accepts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Fill an empty data directory with a realistic synthetic ledger.
     Demo {
         /// Data directory (created if missing; must be empty).
@@ -54,9 +90,53 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add (or replace) a user; the password is read as one line from stdin and stored only
+    /// as a SCRAM-SHA-256 verifier.
+    Add {
+        name: String,
+        /// `reader` (SELECT only) or `writer` (also INSERT and COPY).
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "./tally-data")]
+        data: PathBuf,
+        /// Users file; default `<data>/users`.
+        #[arg(long)]
+        users: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve {
+            data,
+            listen,
+            users,
+            demo,
+            demo_inferences,
+            tls_cert,
+            tls_key,
+            max_connections,
+            statement_timeout,
+        } => {
+            init_logging();
+            serve::run(serve::Args {
+                data,
+                listen,
+                users,
+                demo,
+                demo_inferences,
+                tls_cert,
+                tls_key,
+                max_connections,
+                statement_timeout_s: statement_timeout,
+            })
+        }
+        Command::User { command: UserCommand::Add { name, role, data, users } } => {
+            serve::add_user(&data, users.as_ref(), &name, &role)
+        }
         Command::Demo { data, seed, inferences } => demo::run(&data, seed, inferences),
         Command::Verify { data } => verify(&data),
         Command::Salvage { data } => salvage(&data),
@@ -69,6 +149,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Server logs go to stderr: ours from info up, the Raft library's from warnings up (its info
+/// lines narrate every election of a one-node cluster).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("openraft", tracing::Level::WARN);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+        .with(filter)
+        .init();
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;

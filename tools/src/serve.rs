@@ -1,0 +1,125 @@
+//! `tally serve`: one node serving SQL over the PostgreSQL wire protocol on the embedded
+//! database (`--demo` first fills an empty data directory with the demo ledger), and
+//! `tally user add`. Wiring and messages only; the server is `tally-server`.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_query::Sql;
+use tally_server::{ServeOptions, Server, Users};
+use tally_storage::Database;
+
+pub struct Args {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub users: Option<PathBuf>,
+    pub demo: bool,
+    pub demo_inferences: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub max_connections: usize,
+    pub statement_timeout_s: u64,
+}
+
+/// The users file of a data directory unless `--users` names another.
+pub fn users_path(data: &Path, users: Option<&PathBuf>) -> PathBuf {
+    users.cloned().unwrap_or_else(|| data.join("users"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub fn run(args: Args) -> super::Result<ExitCode> {
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("TLS needs both --tls-cert and --tls-key".into()),
+    };
+    if args.demo {
+        if super::demo::is_empty(&args.data)? {
+            super::demo::fill(
+                &args.data,
+                tally_workload::Shape::DEFAULT_SEED,
+                args.demo_inferences,
+            )?;
+        } else {
+            println!(
+                "{} is not empty: serving the ledger that is there (--demo fills only an empty directory)",
+                args.data.display()
+            );
+        }
+    }
+    // Read the users before opening the database: a bad file should fail fast.
+    let users = Users::load(&users_path(&args.data, args.users.as_ref()))?;
+    let db = Arc::new(Database::open(&args.data)?);
+    let sql = Sql::new(db.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let options = ServeOptions {
+        listen: args.listen,
+        users,
+        tls,
+        max_connections: args.max_connections,
+        statement_timeout: Duration::from_secs(args.statement_timeout_s),
+    };
+    let served = runtime.block_on(async {
+        let server = Server::bind(sql, options).await?;
+        let addr = server.local_addr();
+        if server.development_mode() {
+            println!(
+                "development mode: no users configured, so any user name is accepted without a \
+                 password, as a writer, from loopback only (add users with `tally user add`)"
+            );
+        }
+        let (lsn, open) = db.read(|l| (l.last_lsn(), l.open_epoch()));
+        println!(
+            "tally serving {} (lsn {lsn}, open epoch {open}) on {addr}; connect with: psql \"host={} port={} user=tally dbname=tally\"",
+            args.data.display(),
+            addr.ip(),
+            addr.port()
+        );
+        server.run(shutdown_signal()).await;
+        Ok::<(), tally_server::ServerError>(())
+    });
+    drop(runtime);
+    served?;
+    println!("shutting down");
+    match Arc::try_unwrap(db) {
+        Ok(db) => db.close()?,
+        // Every acknowledged write is already durable; the log is closed by the OS.
+        Err(_) => eprintln!("tally: connections were still open at exit"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tally user add`: reads the password as one line from stdin.
+pub fn add_user(
+    data: &Path,
+    users: Option<&PathBuf>,
+    name: &str,
+    role: &str,
+) -> super::Result<ExitCode> {
+    let mut password = String::new();
+    std::io::stdin().lock().read_line(&mut password)?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    std::fs::create_dir_all(data)?;
+    let path = users_path(data, users);
+    Users::add(&path, name, role, password)?;
+    println!("user {name} ({role}) saved in {}; restart `tally serve` to use it", path.display());
+    Ok(ExitCode::SUCCESS)
+}
