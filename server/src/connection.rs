@@ -433,7 +433,18 @@ impl ExtendedQueryHandler for Connection {
         let params = match &prepared.plan {
             Some(plan) => {
                 let types = ordered_parameter_types(plan)?;
-                let refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
+                // A parameter the client typed keeps the client's type: converting it to the
+                // planned type here would be lossy (NUMERIC 1001.9 → BIGINT 1001); the
+                // statement's own exact conversions (or comparisons) take it from there.
+                let hints = &portal.statement.parameter_types;
+                let refs: Vec<Option<&DataType>> = types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| match hints.get(i) {
+                        Some(Some(hint)) if *hint != Type::UNKNOWN => None,
+                        _ => t.as_ref(),
+                    })
+                    .collect();
                 Some(deserialize_parameters(portal, &refs)?)
             }
             None => None,

@@ -1,0 +1,320 @@
+//! End to end over the PostgreSQL wire protocol: real `tally serve` processes and real clients
+//! (psql, psycopg 3, pgjdbc) running the scripts in `tests/clients/`, plus what a server
+//! operator relies on: SCRAM users and roles, TLS, the connection limit, the statement
+//! timeout, refusing a taken port or an open address in development mode, a clean SIGTERM.
+//! The clients are installed by `.ci/run`; without them these tests fail saying what is missing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn script(name: &str) -> PathBuf {
+    repo().join("tests/clients").join(name)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn tally() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+}
+
+/// A running `tally serve`; stopped with SIGTERM (then SIGKILL) when dropped.
+struct Served {
+    child: Child,
+    port: u16,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Served {
+    fn start(data: &Path, extra: &[&str]) -> Served {
+        let port = free_port();
+        let mut child = tally()
+            .args(["serve", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting tally serve");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_secs(120)) {
+                Ok(line) if line.starts_with("tally serving") => break,
+                Ok(_) => continue,
+                Err(_) => panic!("tally serve did not start: {:?}", child.try_wait()),
+            }
+        }
+        Served { child, port, stdout: rx }
+    }
+
+    fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=tally dbname=tally", self.port)
+    }
+
+    /// SIGTERM, and the process's exit status and remaining output.
+    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        sigterm(&self.child);
+        let status = wait_for(&mut self.child, Duration::from_secs(30));
+        let rest = self.stdout.try_iter().collect();
+        (status, rest)
+    }
+}
+
+fn sigterm(child: &Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("tally serve did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            sigterm(&self.child);
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {what} ({e}): install the test clients as .ci/run does")
+    });
+    out
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a client script that ends with "ALL OK" when every check passed.
+fn expect_all_ok(mut cmd: Command, what: &str) {
+    let out = run(&mut cmd, what);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stdout.contains("ALL OK"),
+        "{what} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+fn psql(dsn: &str) -> Command {
+    let mut c = Command::new("psql");
+    c.args(["-X", "-v", "ON_ERROR_STOP=0", dsn]);
+    c
+}
+
+/// psql's output for one command, with SQLSTATEs shown.
+fn psql_c(dsn: &str, commands: &[&str]) -> (String, String) {
+    let mut c = psql(dsn);
+    c.args(["-v", "VERBOSITY=verbose"]);
+    for command in commands {
+        c.args(["-c", command]);
+    }
+    text(&run(&mut c, "psql"))
+}
+
+#[test]
+fn psql_psycopg_and_jdbc_against_a_dev_mode_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]);
+    // psql: \dt, \d, COPY loads, README's queries, refusals with their SQLSTATEs, exact values.
+    let out = run(psql(&served.dsn()).arg("-f").arg(script("psql.sql")), "psql");
+    let (stdout, stderr) = text(&out);
+    let checks = std::fs::read_to_string(script("psql.checks")).unwrap();
+    let missing: Vec<&str> = checks
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| match l.strip_prefix("stderr: ") {
+            Some(e) => !stderr.contains(e),
+            None => !stdout.contains(l),
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "psql output lacks {missing:#?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    // psycopg 3: parameters in text and binary, COPY, transactions, refusals.
+    let mut py = Command::new("python3");
+    py.arg(script("psycopg_test.py")).arg(served.port.to_string());
+    expect_all_ok(py, "psycopg_test.py");
+    // pgjdbc: prepared statements, metadata, a refused write.
+    let mut java = Command::new("java");
+    java.args(["-cp", "/usr/share/java/postgresql.jar"])
+        .arg(script("Jdbc.java"))
+        .arg(served.port.to_string());
+    expect_all_ok(java, "Jdbc.java");
+    let (status, rest) = served.terminate();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(rest.iter().any(|l| l == "shutting down"), "{rest:?}");
+}
+
+#[test]
+fn the_numbers_add_up_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]);
+    let mut load = Command::new("python3");
+    load.arg(script("numbers_check.py")).arg(served.port.to_string()).args(["--phase", "all"]);
+    expect_all_ok(load, "numbers_check.py");
+    // A statement that would run for hours is stopped by the session's statement_timeout.
+    let (_, err) = psql_c(
+        &served.dsn(),
+        &[
+            "SET statement_timeout = 300",
+            "SELECT count(*) FROM events a, events b, events c WHERE a.lsn + b.lsn + c.lsn < 0",
+        ],
+    );
+    assert!(err.contains("57014"), "{err}");
+    drop(served);
+    // Replayed from the log by a new process: the same numbers.
+    let served = Served::start(dir.path(), &[]);
+    let mut check = Command::new("python3");
+    check.arg(script("numbers_check.py")).arg(served.port.to_string()).args(["--phase", "check"]);
+    expect_all_ok(check, "numbers_check.py --phase check");
+}
+
+#[test]
+fn users_roles_tls_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, role, password) in [("wuser", "writer", "wpass"), ("ruser", "reader", "rpass")] {
+        let mut add = tally()
+            .args(["user", "add", name, "--role", role, "--data"])
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
+        assert!(add.wait().unwrap().success());
+    }
+    let users = std::fs::read_to_string(dir.path().join("users")).unwrap();
+    assert!(!users.contains("wpass") && users.contains("SCRAM-SHA-256$4096:"), "{users}");
+    // TLS with a throwaway self-signed certificate.
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = run(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl",
+    );
+    assert!(made.status.success(), "{}", text(&made).1);
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::copy(dir.path().join("users"), data.join("users")).unwrap();
+    let served = Served::start(
+        &data,
+        &["--tls-cert", &cert_s, "--tls-key", &key_s, "--max-connections", "3"],
+    );
+    let dev = tempfile::tempdir().unwrap();
+    let dev_served = Served::start(dev.path(), &[]);
+    // psycopg: SCRAM for a writer and a reader, a wrong password, a reader refused a write.
+    let mut py = Command::new("python3");
+    py.arg(script("psycopg_test.py"))
+        .arg(dev_served.port.to_string())
+        .env("TALLY_AUTH_PORT", served.port.to_string());
+    expect_all_ok(py, "psycopg_test.py with authentication");
+    let dsn = |user: &str, password: &str, ssl: &str| {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=tally sslmode={ssl}",
+            served.port
+        )
+    };
+    let (out, err) = psql_c(
+        &dsn("ruser", "rpass", "require"),
+        &["SELECT ssl FROM pg_stat_ssl LIMIT 0", "SELECT 'over tls' AS t"],
+    );
+    assert!(out.contains("over tls"), "{out}{err}");
+    let (_, err) =
+        psql_c(&dsn("ruser", "rpass", "disable"), &["INSERT INTO datanets VALUES ('dn-r', 'r')"]);
+    assert!(err.contains("42501"), "{err}");
+    let (_, err) = psql_c(&dsn("nobody", "x", "prefer"), &["SELECT 1"]);
+    assert!(err.contains("password authentication failed"), "{err}");
+    // The connection limit: three held, the fourth refused as PostgreSQL does.
+    let held: Vec<_> =
+        (0..3).map(|_| std::net::TcpStream::connect(("127.0.0.1", served.port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, err) = psql_c(&dsn("wuser", "wpass", "disable"), &["SELECT 1"]);
+    assert!(err.contains("too many clients"), "{err}");
+    drop(held);
+    // A second server cannot take a port in use, and development mode stays on loopback.
+    let other = tempfile::tempdir().unwrap();
+    let taken = run(
+        tally()
+            .args(["serve", "--data"])
+            .arg(other.path())
+            .args(["--listen", &format!("127.0.0.1:{}", served.port)]),
+        "tally serve",
+    );
+    assert!(
+        !taken.status.success() && text(&taken).1.contains("already in use"),
+        "{:?}",
+        text(&taken)
+    );
+    let open = run(
+        tally().args(["serve", "--data"]).arg(other.path()).args(["--listen", "0.0.0.0:0"]),
+        "tally serve",
+    );
+    assert!(
+        !open.status.success() && text(&open).1.contains("development mode"),
+        "{:?}",
+        text(&open)
+    );
+    // One process per data directory.
+    let locked = run(
+        tally()
+            .args(["serve", "--data"])
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())]),
+        "tally serve",
+    );
+    assert!(!locked.status.success(), "{:?}", text(&locked));
+}
