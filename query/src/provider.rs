@@ -16,7 +16,7 @@ use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use tally_engine::{Event, MAX_BATCH_EVENTS};
@@ -62,6 +62,25 @@ impl TableProvider for LedgerTable {
         TableType::Base
     }
 
+    /// The log's tables take lsn bounds (`lsn >= 100`, `lsn BETWEEN …`): the statement's
+    /// snapshot then reads only that stretch of the log, found through its lsn index.
+    /// DataFusion still applies the filter itself (Inexact), so a bound is only ever a saving.
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_log_table(self.name) && lsn_bound(f).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
@@ -103,6 +122,79 @@ impl TableProvider for LedgerTable {
         })?;
         let sink = RowSink { table, writable, schema: input.schema(), slot };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Tables read from the log rather than from the engine state.
+pub(crate) fn is_log_table(name: &str) -> bool {
+    matches!(name, "events" | "inferences" | "attributions")
+}
+
+/// An inclusive lsn range, `[from, to]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LsnRange {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl LsnRange {
+    pub const ALL: LsnRange = LsnRange { from: 0, to: u64::MAX };
+
+    fn intersect(self, o: LsnRange) -> LsnRange {
+        LsnRange { from: self.from.max(o.from), to: self.to.min(o.to) }
+    }
+
+    /// The smallest range holding both.
+    pub fn hull(self, o: LsnRange) -> LsnRange {
+        LsnRange { from: self.from.min(o.from), to: self.to.max(o.to) }
+    }
+}
+
+/// The lsn range a filter keeps, when it is a bound on the `lsn` column by a literal.
+pub(crate) fn lsn_bound(e: &Expr) -> Option<LsnRange> {
+    use datafusion::logical_expr::{Between, BinaryExpr, Operator};
+    let literal = |e: &Expr| match e {
+        Expr::Literal(v, _) => v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
+            datafusion::scalar::ScalarValue::Int64(Some(i)) => Some(i),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let is_lsn = |e: &Expr| matches!(e, Expr::Column(c) if c.name == "lsn");
+    // Lsns are ≥ 1; a bound below that keeps nothing or everything, as clamped here.
+    let at_least = |i: i64| LsnRange { from: u64::try_from(i).unwrap_or(0), to: u64::MAX };
+    let at_most = |i: i64| match u64::try_from(i) {
+        Ok(v) => LsnRange { from: 0, to: v },
+        Err(_) => LsnRange { from: 1, to: 0 },
+    };
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (op, value) = if is_lsn(left) {
+                (*op, literal(right)?)
+            } else if is_lsn(right) {
+                (op.swap()?, literal(left)?)
+            } else if *op == Operator::And {
+                return match (lsn_bound(left), lsn_bound(right)) {
+                    (Some(a), Some(b)) => Some(a.intersect(b)),
+                    (Some(a), None) | (None, Some(a)) => Some(a),
+                    (None, None) => None,
+                };
+            } else {
+                return None;
+            };
+            match op {
+                Operator::Eq => Some(at_least(value).intersect(at_most(value))),
+                Operator::Gt => Some(at_least(value.saturating_add(1))),
+                Operator::GtEq => Some(at_least(value)),
+                Operator::Lt => Some(at_most(value.saturating_sub(1))),
+                Operator::LtEq => Some(at_most(value)),
+                _ => None,
+            }
+        }
+        Expr::Between(Between { expr, negated: false, low, high }) if is_lsn(expr) => {
+            Some(at_least(literal(low)?).intersect(at_most(literal(high)?)))
+        }
+        _ => None,
     }
 }
 

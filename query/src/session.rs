@@ -8,7 +8,7 @@
 //! Safety for a server: statements that read or write the server's files or register tables
 //! are refused before planning, DDL is off, and every query has a bounded memory pool.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
@@ -28,7 +28,7 @@ use tally_engine::{Event, MAX_BATCH_EVENTS};
 use tally_storage::{Database, WriteError};
 
 use crate::copy::CopyIn;
-use crate::provider::{LedgerTable, Snapshot, Written};
+use crate::provider::{lsn_bound, LedgerTable, LsnRange, Snapshot, Written};
 use crate::{row, tables, QueryError};
 
 /// Memory one query may use (sorts, joins, aggregates); beyond it the query fails.
@@ -71,9 +71,9 @@ impl Sql {
             let batch = tables::build(name, &empty).expect("a known table")?;
             ctx.register_table(*name, Arc::new(LedgerTable::new(name, batch.schema())))?;
         }
-        let events = tables::events(&db, 0)?;
+        let events = tables::events(&db, 1, 0)?;
         ctx.register_table("events", Arc::new(LedgerTable::new("events", events.schema())))?;
-        let (i, a) = tables::inference_tables(&db, 0, true, true)?;
+        let (i, a) = tables::inference_tables(&db, 1, 0, true, true)?;
         for (name, b) in [("inferences", i), ("attributions", a)] {
             let schema = b.expect("asked for").schema();
             ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
@@ -189,10 +189,18 @@ impl Sql {
     /// Runs a planned statement against a snapshot of the tables it reads.
     pub async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
         let plan = uncast_insert(plan)?;
-        let mut names = BTreeSet::new();
+        // The tables the statement reads, and for the log's tables the lsn range it keeps.
+        let mut names: BTreeMap<String, LsnRange> = BTreeMap::new();
         plan.apply_with_subqueries(|p| {
             if let LogicalPlan::TableScan(scan) = p {
-                names.insert(scan.table_name.table().to_owned());
+                let range =
+                    scan.filters.iter().filter_map(lsn_bound).fold(LsnRange::ALL, |a, b| {
+                        LsnRange { from: a.from.max(b.from), to: a.to.min(b.to) }
+                    });
+                names
+                    .entry(scan.table_name.table().to_owned())
+                    .and_modify(|r| *r = r.hull(range))
+                    .or_insert(range);
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
@@ -218,10 +226,10 @@ impl Sql {
     }
 
     /// The rows of the named tables, all at one lsn.
-    fn snapshot(&self, names: &BTreeSet<String>) -> Result<Snapshot, QueryError> {
+    fn snapshot(&self, names: &BTreeMap<String, LsnRange>) -> Result<Snapshot, QueryError> {
         let mut snapshot = Snapshot::default();
         let wanted: Vec<&'static str> =
-            tables::TABLES.iter().copied().filter(|t| names.contains(*t)).collect();
+            tables::TABLES.iter().copied().filter(|t| names.contains_key(*t)).collect();
         let (built, pinned) = self.db.read(|l| {
             let built = wanted
                 .iter()
@@ -230,14 +238,23 @@ impl Sql {
             (built, l.last_lsn())
         });
         snapshot.tables.extend(built?);
-        if names.contains("events") {
-            snapshot.tables.insert("events", tables::events(&self.db, pinned)?);
+        if let Some(r) = names.get("events") {
+            snapshot.tables.insert("events", tables::events(&self.db, r.from, r.to.min(pinned))?);
         }
-        let (want_inferences, want_attributions) =
-            (names.contains("inferences"), names.contains("attributions"));
-        if want_inferences || want_attributions {
-            let (i, a) =
-                tables::inference_tables(&self.db, pinned, want_inferences, want_attributions)?;
+        let (inferences, attributions) = (names.get("inferences"), names.get("attributions"));
+        if inferences.is_some() || attributions.is_some() {
+            let r = match (inferences, attributions) {
+                (Some(a), Some(b)) => a.hull(*b),
+                (Some(a), None) | (None, Some(a)) => *a,
+                (None, None) => unreachable!("one of them is named"),
+            };
+            let (i, a) = tables::inference_tables(
+                &self.db,
+                r.from,
+                r.to.min(pinned),
+                inferences.is_some(),
+                attributions.is_some(),
+            )?;
             snapshot.tables.extend(i.map(|b| ("inferences", b)));
             snapshot.tables.extend(a.map(|b| ("attributions", b)));
         }

@@ -65,13 +65,13 @@ fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, Arro
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
-/// `events (lsn, ts, kind, body)`: the log itself, up to lsn `to`, with each event's canonical
-/// JSON body (surface.md).
-pub fn events(db: &Database, to: u64) -> Result<RecordBatch, crate::QueryError> {
+/// `events (lsn, ts, kind, body)`: the log itself, lsns `from..=to`, with each event's
+/// canonical JSON body (surface.md).
+pub fn events(db: &Database, from: u64, to: u64) -> Result<RecordBatch, crate::QueryError> {
     let (mut lsns, mut stamps, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
     let mut bodies = datafusion::arrow::array::StringBuilder::new();
     let mut body = String::new();
-    db.scan_events(1, to, |e| {
+    db.scan_events(from, to, |e| {
         lsns.push(e.lsn as i64);
         stamps.push(e.ts);
         kinds.push(e.event.kind().as_str());
@@ -90,16 +90,17 @@ pub fn events(db: &Database, to: u64) -> Result<RecordBatch, crate::QueryError> 
     )?)
 }
 
-/// `inferences` and `attributions` up to lsn `to`, read from the log; rewards as currently
-/// settled come from the engine (`Ledger::entry_rewards`). Either may be skipped.
+/// `inferences` and `attributions` of lsns `from..=to`, read from the log; rewards as
+/// currently settled come from the engine (`Ledger::entry_rewards`). Either may be skipped.
 pub fn inference_tables(
     db: &Database,
+    from: u64,
     to: u64,
     want_inferences: bool,
     want_attributions: bool,
 ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), crate::QueryError> {
     let mut logged = Vec::new();
-    db.scan_events(1, to, |e| {
+    db.scan_events(from, to, |e| {
         if let tally_engine::Event::Inference(inf) = e.event {
             logged.push((e.lsn, e.ts, inf));
         }

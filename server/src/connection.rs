@@ -52,6 +52,9 @@ struct Session {
     /// A statement in the block failed: everything but COMMIT/ROLLBACK answers 25P02.
     failed: bool,
     copy: Option<CopyState>,
+    /// The last COPY's buffer, kept for the next one: a connection that loads data COPYs again
+    /// and again, and a fresh buffer of that size costs page faults on every statement.
+    spare: Vec<u8>,
 }
 
 struct CopyState {
@@ -232,7 +235,10 @@ impl Connection {
         if let Some(copy) = CopyIn::from_statement(statement) {
             let copy = copy.map_err(query_error)?;
             let width = copy.width();
-            self.session().copy = Some(CopyState { copy, data: Vec::new(), too_large: false });
+            let mut s = self.session();
+            let mut data = std::mem::take(&mut s.spare);
+            data.clear();
+            s.copy = Some(CopyState { copy, data, too_large: false });
             return Ok(Response::CopyIn(CopyResponse::new(0, width, futures::stream::empty())));
         }
         let limit = self.timeout(client);
@@ -502,6 +508,9 @@ impl CopyHandler for Connection {
         };
         {
             let mut s = self.session();
+            if state.data.capacity() <= MAX_COPY_BYTES {
+                s.spare = state.data;
+            }
             let in_block = block.is_some();
             s.block = block;
             if result.is_err() && in_block {

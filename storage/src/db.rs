@@ -240,6 +240,8 @@ pub struct Database {
     snapshot_lsn: AtomicU64,
     coalescer: mpsc::Sender<Request>,
     checker: Checker,
+    /// Set by `close`, so that dropping a closed database does not shut Raft down twice.
+    closed: bool,
     _lock: File,
 }
 
@@ -333,6 +335,7 @@ impl Database {
             snapshot_lsn,
             coalescer,
             checker,
+            closed: false,
             _lock: lock,
         })
     }
@@ -478,8 +481,9 @@ impl Database {
     }
 
     /// Snapshots (so the next open replays nothing) and shuts down.
-    pub fn close(self) -> Result<(), StorageError> {
+    pub fn close(mut self) -> Result<(), StorageError> {
         self.snapshot()?;
+        self.closed = true;
         self.rt.block_on(self.raft.shutdown()).map_err(|e| StorageError::Invalid(e.to_string()))?;
         Ok(())
     }
@@ -487,7 +491,9 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let _ = self.rt.block_on(self.raft.shutdown());
+        if !self.closed {
+            let _ = self.rt.block_on(self.raft.shutdown());
+        }
     }
 }
 

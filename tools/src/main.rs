@@ -12,6 +12,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The ingest paths allocate many small strings per row (ids, attribution lists); glibc's
+// allocator spent a quarter of a COPY's time in malloc/free (perf, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tally", version, about = "Tally: an event-sourced attribution ledger")]
 struct Cli {
