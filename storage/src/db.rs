@@ -229,6 +229,10 @@ pub enum WriteError {
     Storage(String),
 }
 
+/// Log records a scan reads per hold of the log's lock (a record is one Raft entry: up to a few
+/// hundred thousand events when a large COPY was appended).
+const SCAN_RECORDS_PER_LOCK: usize = 8;
+
 pub struct Database {
     rt: tokio::runtime::Runtime,
     raft: Raft<TypeConfig>,
@@ -416,32 +420,46 @@ impl Database {
             return Ok(());
         }
         let (mut lsn, mut ts) = (point.first_lsn, point.ts_before);
-        self.log.with_log(|log| {
-            for r in log.iter_from(point.index).filter(|r| r.header.kind == Kind::Batch) {
-                let index = r.header.index;
-                let parts = payload::parts(r.payload).map_err(StorageError::Invalid)?;
-                for (k, part) in parts.into_iter().enumerate() {
-                    let k = k as u32;
-                    if (index == point.index && k < point.part)
-                        || refused.binary_search(&(index, k)).is_ok()
-                    {
+        // The log's lock is taken for a few records at a time, so that appends interleave
+        // with a long scan instead of waiting for all of it.
+        let mut next = point.index;
+        loop {
+            let finished = self.log.with_log(|log| {
+                let mut seen = 0;
+                for r in log.iter_from(next).take(SCAN_RECORDS_PER_LOCK) {
+                    seen += 1;
+                    let index = r.header.index;
+                    next = index + 1;
+                    if r.header.kind != Kind::Batch {
                         continue;
                     }
-                    let batch = payload::decode(part).map_err(StorageError::Invalid)?;
-                    ts = ts.max(batch.ts);
-                    for event in batch.events {
-                        if lsn > to {
-                            return Ok(());
+                    let parts = payload::parts(r.payload).map_err(StorageError::Invalid)?;
+                    for (k, part) in parts.into_iter().enumerate() {
+                        let k = k as u32;
+                        if (index == point.index && k < point.part)
+                            || refused.binary_search(&(index, k)).is_ok()
+                        {
+                            continue;
                         }
-                        if lsn >= from {
-                            f(LoggedEvent { lsn, ts, event });
+                        let batch = payload::decode(part).map_err(StorageError::Invalid)?;
+                        ts = ts.max(batch.ts);
+                        for event in batch.events {
+                            if lsn > to {
+                                return Ok(true);
+                            }
+                            if lsn >= from {
+                                f(LoggedEvent { lsn, ts, event });
+                            }
+                            lsn += 1;
                         }
-                        lsn += 1;
                     }
                 }
+                Ok::<bool, StorageError>(seen < SCAN_RECORDS_PER_LOCK)
+            })?;
+            if finished {
+                return Ok(());
             }
-            Ok(())
-        })
+        }
     }
 
     /// The runtime the database runs on, for callers that want to drive `write_async`.
