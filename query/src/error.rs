@@ -30,6 +30,9 @@ pub enum QueryError {
     /// COPY data that is not valid text/CSV for its options (SQLSTATE 22P04).
     #[error("COPY data, line {line}: {message}")]
     BadCopyData { line: usize, message: String },
+    /// RELEASE or ROLLBACK TO a savepoint that is not set (SQLSTATE 3B001).
+    #[error("savepoint \"{0}\" does not exist")]
+    NoSavepoint(String),
     /// SQL we do not support (SQLSTATE 0A000).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -53,6 +56,7 @@ impl QueryError {
             QueryError::Refused { sqlstate, .. } => sqlstate,
             QueryError::TooLarge(_) => "54000",
             QueryError::BadCopyData { .. } => "22P04",
+            QueryError::NoSavepoint(_) => "3B001",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
             QueryError::DataFusion(e) => datafusion_sqlstate(e),

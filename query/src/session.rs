@@ -357,11 +357,42 @@ pub struct Block {
     events: Vec<Event>,
     /// Where each statement's events start, and their table.
     statements: Vec<(usize, &'static str)>,
+    /// Open savepoints, oldest first: name, and the block's lengths when it was set.
+    savepoints: Vec<(String, usize, usize)>,
 }
 
 impl Block {
     pub fn rows(&self) -> usize {
         self.events.len()
+    }
+
+    /// `SAVEPOINT name`: marks the writes so far (a name may be reused; the newest wins).
+    pub fn savepoint(&mut self, name: &str) {
+        self.savepoints.push((name.to_owned(), self.events.len(), self.statements.len()));
+    }
+
+    /// `RELEASE SAVEPOINT name`: forgets it and every later savepoint, keeps the writes.
+    pub fn release(&mut self, name: &str) -> Result<(), QueryError> {
+        let at = self.find(name)?;
+        self.savepoints.truncate(at);
+        Ok(())
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: discards the writes made since; the savepoint stays.
+    pub fn rollback_to(&mut self, name: &str) -> Result<(), QueryError> {
+        let at = self.find(name)?;
+        let (_, events, statements) = self.savepoints[at];
+        self.events.truncate(events);
+        self.statements.truncate(statements);
+        self.savepoints.truncate(at + 1);
+        Ok(())
+    }
+
+    fn find(&self, name: &str) -> Result<usize, QueryError> {
+        self.savepoints
+            .iter()
+            .rposition(|(n, _, _)| n == name)
+            .ok_or_else(|| QueryError::NoSavepoint(name.to_owned()))
     }
 
     fn starts_with(&self, start: usize, table: &'static str) -> Vec<(usize, &'static str)> {

@@ -340,3 +340,30 @@ fn lsn_bounds_on_the_log_tables_keep_exactly_their_rows() {
     );
     assert_eq!(joined, 0);
 }
+
+#[test]
+fn savepoints_undo_part_of_a_block() {
+    let (_dir, sql) = demo();
+    let rt = sql.database().runtime();
+    let copy = {
+        let s = Sql::parse("COPY datanets FROM STDIN").unwrap().remove(0);
+        tally_query::CopyIn::from_statement(&s).unwrap().unwrap()
+    };
+    let mut block = tally_query::Block::default();
+    rt.block_on(sql.copy_in(&copy, b"sp-1\to\n", Some(&mut block))).unwrap();
+    block.savepoint("a");
+    rt.block_on(sql.copy_in(&copy, b"sp-2\to\n", Some(&mut block))).unwrap();
+    block.savepoint("b");
+    rt.block_on(sql.copy_in(&copy, b"sp-3\to\n", Some(&mut block))).unwrap();
+    block.rollback_to("a").unwrap();
+    assert_eq!(block.rows(), 1);
+    assert_eq!(block.rollback_to("b").unwrap_err().sqlstate(), "3B001", "b went with a");
+    rt.block_on(sql.copy_in(&copy, b"sp-2\to\n", Some(&mut block))).unwrap();
+    block.release("a").unwrap();
+    assert!(block.release("a").is_err());
+    rt.block_on(sql.commit(block)).unwrap();
+    let got = sql
+        .query_blocking("SELECT datanet FROM datanets WHERE datanet LIKE 'sp-%' ORDER BY datanet")
+        .unwrap();
+    assert_eq!(col_str(&got, "datanet"), vec!["sp-1", "sp-2"]);
+}

@@ -84,6 +84,17 @@ fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
 }
 
+fn in_failed_block() -> PgWireError {
+    user_error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block".into(),
+    )
+}
+
+fn outside_block(what: &str) -> PgWireError {
+    user_error("25P01", format!("{what} can only be used in transaction blocks"))
+}
+
 fn query_error(e: QueryError) -> PgWireError {
     let e = e.unwrap_external();
     user_error(e.sqlstate(), e.to_string())
@@ -180,6 +191,33 @@ impl Connection {
                 }
                 return Ok(Response::TransactionStart(Tag::new("BEGIN")));
             }
+            Statement::Savepoint { name } => {
+                let mut s = self.session();
+                if s.failed {
+                    return Err(in_failed_block());
+                }
+                let block = s.block.as_mut().ok_or_else(|| outside_block("SAVEPOINT"))?;
+                block.savepoint(&name.value);
+                return Ok(Response::Execution(Tag::new("SAVEPOINT")));
+            }
+            Statement::ReleaseSavepoint { name } => {
+                let mut s = self.session();
+                if s.failed {
+                    return Err(in_failed_block());
+                }
+                let block = s.block.as_mut().ok_or_else(|| outside_block("RELEASE SAVEPOINT"))?;
+                block.release(&name.value).map_err(query_error)?;
+                return Ok(Response::Execution(Tag::new("RELEASE")));
+            }
+            Statement::Rollback { savepoint: Some(name), .. } => {
+                // Also what ends a failed state, as in PostgreSQL.
+                let mut s = self.session();
+                let block =
+                    s.block.as_mut().ok_or_else(|| outside_block("ROLLBACK TO SAVEPOINT"))?;
+                block.rollback_to(&name.value).map_err(query_error)?;
+                s.failed = false;
+                return Ok(Response::Execution(Tag::new("ROLLBACK")));
+            }
             Statement::Rollback { savepoint: None, .. } => {
                 let mut s = self.session();
                 s.block = None;
@@ -204,11 +242,7 @@ impl Connection {
             _ => {}
         }
         if self.session().failed {
-            return Err(user_error(
-                "25P02",
-                "current transaction is aborted, commands ignored until end of transaction block"
-                    .into(),
-            ));
+            return Err(in_failed_block());
         }
         match statement {
             Statement::Set(_) | Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
@@ -217,11 +251,6 @@ impl Connection {
                     return r;
                 }
                 return Ok(Response::Execution(Tag::new("SET")));
-            }
-            Statement::Savepoint { .. }
-            | Statement::ReleaseSavepoint { .. }
-            | Statement::Rollback { savepoint: Some(_), .. } => {
-                return Err(user_error("0A000", "savepoints are not supported".into()));
             }
             Statement::Discard { .. } => {
                 return Ok(Response::Execution(Tag::new("DISCARD ALL")));

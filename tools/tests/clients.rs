@@ -172,12 +172,35 @@ fn psql_psycopg_and_jdbc_against_a_dev_mode_server() {
     let mut py = Command::new("python3");
     py.arg(script("psycopg_test.py")).arg(served.port.to_string());
     expect_all_ok(py, "psycopg_test.py");
+    // SQLAlchemy: connecting (type discovery through to_regtype) and the inspector's table list.
+    let mut sa = Command::new("python3");
+    sa.arg(script("sqlalchemy_check.py")).arg(served.port.to_string());
+    expect_all_ok(sa, "sqlalchemy_check.py");
     // pgjdbc: prepared statements, metadata, a refused write.
     let mut java = Command::new("java");
     java.args(["-cp", "/usr/share/java/postgresql.jar"])
         .arg(script("Jdbc.java"))
         .arg(served.port.to_string());
     expect_all_ok(java, "Jdbc.java");
+    // Savepoints (what psycopg's nested transactions and SQLAlchemy send): ROLLBACK TO undoes
+    // the failed part and clears the error; COMMIT appends the rest.
+    let (out, err) = psql_c(
+        &served.dsn(),
+        &[
+            "BEGIN",
+            "INSERT INTO datanets VALUES ('dn-sp-a', 'o')",
+            "SAVEPOINT s1",
+            "INSERT INTO datanets VALUES ('dn-sp-a', 'o')",
+            "SELECT 1",
+            "ROLLBACK TO SAVEPOINT s1",
+            "INSERT INTO datanets VALUES ('dn-sp-b', 'o')",
+            "RELEASE SAVEPOINT s1",
+            "COMMIT",
+            "SELECT string_agg(datanet, ',' ORDER BY datanet) AS sp FROM datanets WHERE datanet LIKE 'dn-sp-%'",
+        ],
+    );
+    assert!(err.contains("23505") && err.contains("25P02"), "{err}");
+    assert!(out.contains("dn-sp-a,dn-sp-b"), "{out}{err}");
     let (status, rest) = served.terminate();
     assert!(status.success(), "SIGTERM: {status}");
     assert!(rest.iter().any(|l| l == "shutting down"), "{rest:?}");
