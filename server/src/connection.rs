@@ -12,7 +12,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::df::{deserialize_parameters, encode_dataframe};
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -246,6 +246,18 @@ impl Connection {
         }
         match statement {
             Statement::Set(_) | Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
+                // The DataFusion context is shared by every connection: its settings are the
+                // server's, not a session's.
+                if let Statement::Set(Set::SingleAssignment { variable, .. }) = statement {
+                    if variable.to_string().to_ascii_lowercase().starts_with("datafusion") {
+                        return Err(user_error(
+                            "42501",
+                            format!(
+                                "{variable} is a server setting and cannot be changed by a session"
+                            ),
+                        ));
+                    }
+                }
                 let ctx = self.shared.sql.context();
                 if let Some(r) = SetShowHook.handle_simple_query(statement, ctx, client).await {
                     return r;

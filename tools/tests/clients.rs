@@ -299,6 +299,18 @@ fn users_roles_tls_and_limits() {
     let (_, err) =
         psql_c(&dsn("ruser", "rpass", "disable"), &["INSERT INTO datanets VALUES ('dn-r', 'r')"]);
     assert!(err.contains("42501"), "{err}");
+    // Nothing a session sends reaches the server's files or the shared engine settings.
+    let (_, err) = psql_c(
+        &dsn("wuser", "wpass", "disable"),
+        &[
+            "SELECT * FROM '/etc/passwd'",
+            "COPY (SELECT 1) TO '/tmp/tally-leak.csv'",
+            "COPY datanets FROM '/etc/passwd'",
+            "SET datafusion.execution.batch_size = 1",
+        ],
+    );
+    assert_eq!(err.matches("42501").count(), 3, "{err}");
+    assert!(err.contains("42P01") && !Path::new("/tmp/tally-leak.csv").exists(), "{err}");
     let (_, err) = psql_c(&dsn("nobody", "x", "prefer"), &["SELECT 1"]);
     assert!(err.contains("password authentication failed"), "{err}");
     // The connection limit: three held, the fourth refused as PostgreSQL does.
