@@ -17,17 +17,115 @@ use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use tally_engine::{Event, MAX_BATCH_EVENTS};
+use tally_storage::{Database, ScanCursor};
 
 use crate::row::{self, Cell};
-use crate::QueryError;
+use crate::{tables, QueryError};
 
-/// The rows of every table a query reads, taken together.
+/// The rows of every table a query reads, taken together: the engine's tables as copies, the
+/// log's tables as the stretch of the log to stream (everything up to the same lsn).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub tables: HashMap<&'static str, RecordBatch>,
+    pub logs: HashMap<&'static str, LogStretch>,
+}
+
+/// A stretch of the log a statement reads: lsns `range`, never past the lsn its snapshot was
+/// taken at (the log below it never changes).
+#[derive(Clone)]
+pub(crate) struct LogStretch {
+    pub db: Arc<Database>,
+    pub range: LsnRange,
+    /// Lsns read per chunk.
+    pub chunk: u64,
+}
+
+impl fmt::Debug for LogStretch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lsns {}..={} of {}", self.range.from, self.range.to, self.db.dir().display())
+    }
+}
+
+/// Events read per chunk of a log scan by default (whole batches: a chunk ends at the first
+/// batch boundary past this): bounds a scan's memory and how long it holds a worker.
+pub const LOG_CHUNK_LSNS: u64 = 65_536;
+
+/// One of the log's tables, streamed chunk by chunk (each read on a blocking thread).
+#[derive(Debug)]
+struct LogPartition {
+    name: &'static str,
+    schema: SchemaRef,
+    stretch: LogStretch,
+}
+
+/// One chunk of a log table, and where the next chunk starts.
+fn log_chunk(
+    db: &Database,
+    name: &'static str,
+    stretch: tables::Stretch,
+) -> Result<(RecordBatch, Option<ScanCursor>)> {
+    let ours = |e: QueryError| DataFusionError::External(Box::new(e));
+    match name {
+        "events" => tables::events_stretch(db, stretch).map_err(ours),
+        "inferences" | "attributions" => {
+            let inferences = name == "inferences";
+            let (i, a, next) =
+                tables::inference_stretch(db, stretch, inferences, !inferences).map_err(ours)?;
+            let batch =
+                i.or(a).ok_or_else(|| DataFusionError::Internal(format!("{name}: no batch")))?;
+            Ok((batch, next))
+        }
+        other => Err(DataFusionError::Internal(format!("{other} is not read from the log"))),
+    }
+}
+
+/// Where a streamed log scan is.
+enum Scan {
+    Start,
+    At(ScanCursor),
+    Done,
+}
+
+impl PartitionStream for LogPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let (name, stretch) = (self.name, self.stretch.clone());
+        let stream = futures::stream::unfold(Scan::Start, move |scan| {
+            let db = stretch.db.clone();
+            let LsnRange { from, to } = stretch.range;
+            let max = usize::try_from(stretch.chunk).unwrap_or(usize::MAX);
+            async move {
+                let at = match scan {
+                    Scan::Start => None,
+                    Scan::At(cursor) => Some(cursor),
+                    Scan::Done => return None,
+                };
+                if from > to {
+                    return None;
+                }
+                let part = tables::Stretch { from, to, at, max };
+                let chunk = tokio::task::spawn_blocking(move || log_chunk(&db, name, part))
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))
+                    .and_then(|r| r);
+                Some(match chunk {
+                    Ok((batch, Some(next))) => (Ok(batch), Scan::At(next)),
+                    Ok((batch, None)) => (Ok(batch), Scan::Done),
+                    Err(e) => (Err(e), Scan::Done),
+                })
+            }
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+    }
 }
 
 /// Where an INSERT's rows land as events, for the statement's caller to append.
@@ -86,10 +184,29 @@ impl TableProvider for LedgerTable {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let snapshot = state.config().get_extension::<Snapshot>();
-        // A plan built without a snapshot (e.g. only to describe a statement) scans nothing.
+        if is_log_table(self.name) {
+            // A plan built without a snapshot (only to describe a statement) scans nothing.
+            let stretch = snapshot.as_ref().and_then(|s| s.logs.get(self.name).cloned());
+            let Some(stretch) = stretch else {
+                return Ok(MemorySourceConfig::try_new_exec(
+                    &[vec![]],
+                    self.schema.clone(),
+                    projection.cloned(),
+                )?);
+            };
+            let partition = LogPartition { name: self.name, schema: self.schema.clone(), stretch };
+            return Ok(Arc::new(StreamingTableExec::try_new(
+                self.schema.clone(),
+                vec![Arc::new(partition)],
+                projection,
+                Vec::<LexOrdering>::new(),
+                false,
+                limit,
+            )?));
+        }
         let batch = snapshot
             .as_ref()
             .and_then(|s| s.tables.get(self.name).cloned())

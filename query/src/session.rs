@@ -28,7 +28,7 @@ use tally_engine::{Event, MAX_BATCH_EVENTS};
 use tally_storage::{Database, WriteError};
 
 use crate::copy::CopyIn;
-use crate::provider::{lsn_bound, LedgerTable, LsnRange, Snapshot, Written};
+use crate::provider::{lsn_bound, LedgerTable, LogStretch, LsnRange, Snapshot, Written};
 use crate::{row, tables, QueryError};
 
 /// Memory one query may use (sorts, joins, aggregates); beyond it the query fails.
@@ -54,6 +54,8 @@ pub enum Output {
 pub struct Sql {
     db: Arc<Database>,
     ctx: SessionContext,
+    /// Lsns per chunk when the log's tables are streamed.
+    log_chunk: u64,
 }
 
 impl Sql {
@@ -78,7 +80,14 @@ impl Sql {
             let schema = b.expect("asked for").schema();
             ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
         }
-        Ok(Sql { db, ctx })
+        Ok(Sql { db, ctx, log_chunk: crate::provider::LOG_CHUNK_LSNS })
+    }
+
+    /// Reads the log's tables in chunks of `lsns` (default 65,536): smaller chunks use less
+    /// memory per scan, larger ones less overhead.
+    pub fn with_log_chunk(mut self, lsns: u64) -> Sql {
+        self.log_chunk = lsns.max(1);
+        self
     }
 
     /// The database underneath.
@@ -204,7 +213,12 @@ impl Sql {
             }
             Ok(TreeNodeRecursion::Continue)
         })?;
-        let snapshot = Arc::new(self.snapshot(&names)?);
+        // Copying the engine's tables is CPU work: off the async workers.
+        let this = self.clone();
+        let snapshot = tokio::task::spawn_blocking(move || this.snapshot(&names))
+            .await
+            .map_err(|e| QueryError::Write(format!("the snapshot task failed: {e}")))??;
+        let snapshot = Arc::new(snapshot);
         let written = Arc::new(Written::default());
         let mut state = self.ctx.state();
         state.config_mut().set_extension(snapshot);
@@ -238,25 +252,12 @@ impl Sql {
             (built, l.last_lsn())
         });
         snapshot.tables.extend(built?);
-        if let Some(r) = names.get("events") {
-            snapshot.tables.insert("events", tables::events(&self.db, r.from, r.to.min(pinned))?);
-        }
-        let (inferences, attributions) = (names.get("inferences"), names.get("attributions"));
-        if inferences.is_some() || attributions.is_some() {
-            let r = match (inferences, attributions) {
-                (Some(a), Some(b)) => a.hull(*b),
-                (Some(a), None) | (None, Some(a)) => *a,
-                (None, None) => unreachable!("one of them is named"),
-            };
-            let (i, a) = tables::inference_tables(
-                &self.db,
-                r.from,
-                r.to.min(pinned),
-                inferences.is_some(),
-                attributions.is_some(),
-            )?;
-            snapshot.tables.extend(i.map(|b| ("inferences", b)));
-            snapshot.tables.extend(a.map(|b| ("attributions", b)));
+        for name in ["events", "inferences", "attributions"] {
+            if let Some(r) = names.get(name) {
+                let range = LsnRange { from: r.from.max(1), to: r.to.min(pinned) };
+                let stretch = LogStretch { db: self.db.clone(), range, chunk: self.log_chunk };
+                snapshot.logs.insert(name, stretch);
+            }
         }
         Ok(snapshot)
     }

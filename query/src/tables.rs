@@ -10,8 +10,9 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use tally_engine::LoggedEvent;
 use tally_engine::{json, merkle, Ledger};
-use tally_storage::Database;
+use tally_storage::{Database, ScanCursor};
 
 /// Every read table this module builds, by name.
 pub const TABLES: &[&str] = &[
@@ -65,13 +66,51 @@ fn batch(fields: Vec<Field>, columns: Vec<ArrayRef>) -> Result<RecordBatch, Arro
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
+/// One stretch of a log scan: from the beginning of `from..=to`, or from a cursor, up to about
+/// `max` events (whole batches). Returns where the next stretch starts.
+#[derive(Debug, Clone, Copy)]
+pub struct Stretch {
+    pub from: u64,
+    pub to: u64,
+    pub at: Option<ScanCursor>,
+    pub max: usize,
+}
+
+impl Stretch {
+    /// All of `from..=to` at once.
+    pub fn all(from: u64, to: u64) -> Stretch {
+        Stretch { from, to, at: None, max: usize::MAX }
+    }
+
+    fn scan(
+        &self,
+        db: &Database,
+        f: &mut dyn FnMut(LoggedEvent),
+    ) -> Result<Option<ScanCursor>, crate::QueryError> {
+        let Some(at) = self.at.or_else(|| db.scan_start(self.from)) else { return Ok(None) };
+        if self.max == usize::MAX {
+            db.scan_events(self.from, self.to, f)?;
+            return Ok(None);
+        }
+        Ok(db.scan_chunk(at, self.from, self.to, self.max, f)?)
+    }
+}
+
 /// `events (lsn, ts, kind, body)`: the log itself, lsns `from..=to`, with each event's
 /// canonical JSON body (surface.md).
 pub fn events(db: &Database, from: u64, to: u64) -> Result<RecordBatch, crate::QueryError> {
+    events_stretch(db, Stretch::all(from, to)).map(|(b, _)| b)
+}
+
+/// `events` for one stretch of a scan, and where the next one starts.
+pub fn events_stretch(
+    db: &Database,
+    stretch: Stretch,
+) -> Result<(RecordBatch, Option<ScanCursor>), crate::QueryError> {
     let (mut lsns, mut stamps, mut kinds) = (Vec::new(), Vec::new(), Vec::new());
     let mut bodies = datafusion::arrow::array::StringBuilder::new();
     let mut body = String::new();
-    db.scan_events(from, to, |e| {
+    let next = stretch.scan(db, &mut |e| {
         lsns.push(e.lsn as i64);
         stamps.push(e.ts);
         kinds.push(e.event.kind().as_str());
@@ -79,7 +118,7 @@ pub fn events(db: &Database, from: u64, to: u64) -> Result<RecordBatch, crate::Q
         json::write_body(&e.event, &mut body);
         bodies.append_value(&body);
     })?;
-    Ok(batch(
+    let batch = batch(
         vec![bigint("lsn"), ts("ts"), text("kind"), text("body")],
         vec![
             Arc::new(Int64Array::from(lsns)),
@@ -87,7 +126,8 @@ pub fn events(db: &Database, from: u64, to: u64) -> Result<RecordBatch, crate::Q
             strings(kinds),
             Arc::new(bodies.finish()),
         ],
-    )?)
+    )?;
+    Ok((batch, next))
 }
 
 /// `inferences` and `attributions` of lsns `from..=to`, read from the log; rewards as
@@ -99,8 +139,19 @@ pub fn inference_tables(
     want_inferences: bool,
     want_attributions: bool,
 ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), crate::QueryError> {
+    inference_stretch(db, Stretch::all(from, to), want_inferences, want_attributions)
+        .map(|(i, a, _)| (i, a))
+}
+
+/// `inference_tables` for one stretch of a scan, and where the next one starts.
+pub fn inference_stretch(
+    db: &Database,
+    stretch: Stretch,
+    want_inferences: bool,
+    want_attributions: bool,
+) -> Result<InferenceStretch, crate::QueryError> {
     let mut logged = Vec::new();
-    db.scan_events(from, to, |e| {
+    let next = stretch.scan(db, &mut |e| {
         if let tally_engine::Event::Inference(inf) = e.event {
             logged.push((e.lsn, e.ts, inf));
         }
@@ -187,9 +238,12 @@ pub fn inference_tables(
                 )
             })
             .transpose()?;
-        Ok((inferences, attributions))
+        Ok((inferences, attributions, next))
     })
 }
+
+/// The `inferences` and `attributions` rows of a stretch, and where the next stretch starts.
+pub type InferenceStretch = (Option<RecordBatch>, Option<RecordBatch>, Option<ScanCursor>);
 
 /// Builds `table` from the state, or `None` for a name this module does not own.
 pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>> {

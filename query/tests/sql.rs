@@ -367,3 +367,24 @@ fn savepoints_undo_part_of_a_block() {
         .unwrap();
     assert_eq!(col_str(&got, "datanet"), vec!["sp-1", "sp-2"]);
 }
+
+#[test]
+fn the_log_tables_stream_in_chunks_with_the_same_answers() {
+    let (_dir, sql) = demo();
+    let small = sql.clone().with_log_chunk(997);
+    for q in [
+        "SELECT COUNT(*) AS n, SUM(lsn) AS s, CAST(MAX(length(body)) AS BIGINT) AS b FROM events",
+        "SELECT COUNT(*) AS n, SUM(fee) AS s, SUM(epoch) AS b FROM inferences",
+        "SELECT COUNT(*) AS n, SUM(reward) AS s, SUM(weight) AS b FROM attributions",
+        "SELECT COUNT(*) AS n, SUM(lsn) AS s, MIN(lsn) AS b FROM events WHERE lsn BETWEEN 990 AND 3001",
+    ] {
+        let (a, b) = (sql.query_blocking(q).unwrap(), small.query_blocking(q).unwrap());
+        for c in ["n", "s", "b"] {
+            assert_eq!(col_i64(&a, c), col_i64(&b, c), "{q}: {c}");
+        }
+        assert!(col_i64(&a, "n")[0] > 0, "{q}");
+    }
+    let rows = small.query_blocking("SELECT lsn FROM events ORDER BY lsn").unwrap();
+    let lsns = col_i64(&rows, "lsn");
+    assert!(lsns.windows(2).all(|w| w[1] == w[0] + 1) && lsns[0] == 1, "dense, every lsn once");
+}

@@ -229,6 +229,23 @@ pub enum WriteError {
     Storage(String),
 }
 
+/// A position in the log between two batches, where a scan continues (`Database::scan_chunk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanCursor {
+    /// Log index of the entry, and the part (batch) in it, the scan continues at.
+    index: u64,
+    part: u32,
+    /// The lsn of that batch's first event, and the ledger's timestamp before it.
+    lsn: u64,
+    ts: i64,
+}
+
+enum Step {
+    Done,
+    More,
+    Stop(ScanCursor),
+}
+
 /// Log records a scan reads per hold of the log's lock (a record is one Raft entry: up to a few
 /// hundred thousand events when a large COPY was appended).
 const SCAN_RECORDS_PER_LOCK: usize = 8;
@@ -402,29 +419,56 @@ impl Database {
 
     /// Calls `f` with every ledger event whose lsn is in `from..=to`, in order, with its lsn and
     /// timestamp, read from the log (the source of truth). Starts at the lsn index's point
-    /// before `from`, not at the beginning of the log. Holds the log's lock while it reads, so
-    /// appends wait (a known limit for very long scans).
+    /// before `from`, not at the beginning of the log.
     pub fn scan_events(
         &self,
         from: u64,
         to: u64,
         mut f: impl FnMut(LoggedEvent),
     ) -> Result<(), StorageError> {
-        let from = from.max(1);
-        let (start, refused) = {
-            let s = self.shared.state.read().expect("state lock");
-            (s.lsns.locate(from), s.lsns.refused_batches().to_vec())
-        };
-        let Some(point) = start else { return Ok(()) };
-        if from > to {
-            return Ok(());
+        let mut at = self.scan_start(from);
+        while let Some(cursor) = at {
+            at = self.scan_chunk(cursor, from, to, usize::MAX, &mut f)?;
         }
-        let (mut lsn, mut ts) = (point.first_lsn, point.ts_before);
-        // The log's lock is taken for a few records at a time, so that appends interleave
-        // with a long scan instead of waiting for all of it.
-        let mut next = point.index;
+        Ok(())
+    }
+
+    /// Where a scan for lsn `from` starts (`None`: no event at or after it yet).
+    pub fn scan_start(&self, from: u64) -> Option<ScanCursor> {
+        let s = self.shared.state.read().expect("state lock");
+        s.lsns.locate(from.max(1)).map(|p| ScanCursor {
+            index: p.index,
+            part: p.part,
+            lsn: p.first_lsn,
+            ts: p.ts_before,
+        })
+    }
+
+    /// Continues a scan at `at`: calls `f` with the events of lsns `from..=to` found there,
+    /// stopping at the end of a batch once at least `max_events` were passed. Returns where to
+    /// continue, or `None` when the scan reached `to` or the end of the log. Each batch is
+    /// decoded once however the scan is cut, and the log's lock is taken for a few records at
+    /// a time, so appends interleave with a long scan.
+    pub fn scan_chunk(
+        &self,
+        at: ScanCursor,
+        from: u64,
+        to: u64,
+        max_events: usize,
+        f: &mut dyn FnMut(LoggedEvent),
+    ) -> Result<Option<ScanCursor>, StorageError> {
+        if from > to {
+            return Ok(None);
+        }
+        let refused = {
+            let s = self.shared.state.read().expect("state lock");
+            s.lsns.refused_batches().to_vec()
+        };
+        let (mut lsn, mut ts) = (at.lsn, at.ts);
+        let mut passed = 0usize;
+        let mut next = at.index;
         loop {
-            let finished = self.log.with_log(|log| {
+            let step = self.log.with_log(|log| {
                 let mut seen = 0;
                 for r in log.iter_from(next).take(SCAN_RECORDS_PER_LOCK) {
                     seen += 1;
@@ -436,7 +480,7 @@ impl Database {
                     let parts = payload::parts(r.payload).map_err(StorageError::Invalid)?;
                     for (k, part) in parts.into_iter().enumerate() {
                         let k = k as u32;
-                        if (index == point.index && k < point.part)
+                        if (index == at.index && k < at.part)
                             || refused.binary_search(&(index, k)).is_ok()
                         {
                             continue;
@@ -445,19 +489,32 @@ impl Database {
                         ts = ts.max(batch.ts);
                         for event in batch.events {
                             if lsn > to {
-                                return Ok(true);
+                                return Ok(Step::Done);
                             }
                             if lsn >= from {
                                 f(LoggedEvent { lsn, ts, event });
+                                passed += 1;
                             }
                             lsn += 1;
                         }
+                        if lsn > to {
+                            return Ok(Step::Done);
+                        }
+                        if passed >= max_events {
+                            return Ok(Step::Stop(ScanCursor { index, part: k + 1, lsn, ts }));
+                        }
                     }
                 }
-                Ok::<bool, StorageError>(seen < SCAN_RECORDS_PER_LOCK)
+                Ok::<Step, StorageError>(if seen < SCAN_RECORDS_PER_LOCK {
+                    Step::Done
+                } else {
+                    Step::More
+                })
             })?;
-            if finished {
-                return Ok(());
+            match step {
+                Step::Done => return Ok(None),
+                Step::Stop(cursor) => return Ok(Some(cursor)),
+                Step::More => {}
             }
         }
     }

@@ -18,7 +18,7 @@ pub mod verify;
 
 pub use error::StorageError;
 
-pub use db::{Database, Opened, Options, PendingWrite, WriteError};
+pub use db::{Database, Opened, Options, PendingWrite, ScanCursor, WriteError};
 
 fn merkle_hex(h: &[u8; 32]) -> String {
     tally_engine::merkle::to_hex(h)

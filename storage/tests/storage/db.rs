@@ -261,4 +261,18 @@ fn scanning_events_from_any_lsn_matches_a_full_scan() {
     let mut window = Vec::new();
     db.scan_events(4000, 4010, |e| window.push(e.lsn)).unwrap();
     assert_eq!(window, (4000..=4010).collect::<Vec<_>>());
+    // A scan cut into chunks (whole batches, at least `max` events each) resumes exactly where
+    // it stopped: the chunks together are the whole scan, in order, each event once.
+    for (from, to, max) in [(1, last, 1), (1, last, 450), (299, 6001, 1000), (4097, last, 7)] {
+        let mut chunks = Vec::new();
+        let mut at = db.scan_start(from);
+        while let Some(cursor) = at {
+            let mut chunk = Vec::new();
+            at = db.scan_chunk(cursor, from, to, max, &mut |e| chunk.push(e)).unwrap();
+            assert!(at.is_none() || chunk.len() >= max, "a chunk stops only past max");
+            chunks.push(chunk);
+        }
+        let joined: Vec<_> = chunks.concat();
+        assert_eq!(joined, full[from as usize - 1..to as usize].to_vec(), "{from}..={to} by {max}");
+    }
 }
