@@ -170,7 +170,9 @@ impl TableProvider for LedgerTable {
         Ok(filters
             .iter()
             .map(|f| {
-                if is_log_table(self.name) && lsn_bound(f).is_some() {
+                let keyed = tables::key_column(self.name)
+                    .is_some_and(|column| key_equals(f, column).is_some());
+                if keyed || (is_log_table(self.name) && lsn_bound(f).is_some()) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -245,6 +247,29 @@ impl TableProvider for LedgerTable {
 /// Tables read from the log rather than from the engine state.
 pub(crate) fn is_log_table(name: &str) -> bool {
     matches!(name, "events" | "inferences" | "attributions")
+}
+
+/// The text a filter `column = 'literal'` (either way round) asks for.
+pub(crate) fn key_equals(e: &Expr, column: &str) -> Option<String> {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
+    let text = |e: &Expr| match e {
+        Expr::Literal(
+            datafusion::scalar::ScalarValue::Utf8(Some(s))
+            | datafusion::scalar::ScalarValue::Utf8View(Some(s))
+            | datafusion::scalar::ScalarValue::LargeUtf8(Some(s)),
+            _,
+        ) => Some(s.clone()),
+        _ => None,
+    };
+    let is_column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == column);
+    if is_column(left) {
+        text(right)
+    } else if is_column(right) {
+        text(left)
+    } else {
+        None
+    }
 }
 
 /// An inclusive lsn range, `[from, to]`.

@@ -8,7 +8,7 @@
 //! Safety for a server: statements that read or write the server's files or register tables
 //! are refused before planning, DDL is off, and every query has a bounded memory pool.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Int64Array, RecordBatch};
@@ -197,22 +197,9 @@ impl Sql {
 
     /// Runs a planned statement against a snapshot of the tables it reads.
     pub async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
-        let plan = uncast_insert(plan)?;
-        // The tables the statement reads, and for the log's tables the lsn range it keeps.
-        let mut names: BTreeMap<String, LsnRange> = BTreeMap::new();
-        plan.apply_with_subqueries(|p| {
-            if let LogicalPlan::TableScan(scan) = p {
-                let range =
-                    scan.filters.iter().filter_map(lsn_bound).fold(LsnRange::ALL, |a, b| {
-                        LsnRange { from: a.from.max(b.from), to: a.to.min(b.to) }
-                    });
-                names
-                    .entry(scan.table_name.table().to_owned())
-                    .and_modify(|r| *r = r.hull(range))
-                    .or_insert(range);
-            }
-            Ok(TreeNodeRecursion::Continue)
-        })?;
+        // Optimized first, so that filters sit in the scans they were pushed down to.
+        let plan = self.ctx.state().optimize(&uncast_insert(plan)?)?;
+        let names = reads_of(&plan)?;
         // Copying the engine's tables is CPU work. The tables with a row per contribution or
         // per account and epoch are copied off the async workers; the rest are small, and a
         // hop to a blocking thread would cost more than the copy (about 0.1 ms a statement).
@@ -247,20 +234,28 @@ impl Sql {
     }
 
     /// The rows of the named tables, all at one lsn.
-    fn snapshot(&self, names: &BTreeMap<String, LsnRange>) -> Result<Snapshot, QueryError> {
+    fn snapshot(&self, names: &BTreeMap<String, Reads>) -> Result<Snapshot, QueryError> {
         let mut snapshot = Snapshot::default();
-        let wanted: Vec<&'static str> =
-            tables::TABLES.iter().copied().filter(|t| names.contains_key(*t)).collect();
+        let wanted: Vec<(&'static str, Option<&BTreeSet<String>>)> = tables::TABLES
+            .iter()
+            .filter_map(|t| names.get(*t).map(|r| (*t, r.keys.as_ref())))
+            .collect();
         let (built, pinned) = self.db.read(|l| {
             let built = wanted
                 .iter()
-                .map(|t| tables::build(t, l).expect("a known table").map(|b| (*t, b)))
+                .map(|(t, keys)| {
+                    let batch = match keys {
+                        Some(keys) => tables::build_keyed(t, l, keys),
+                        None => tables::build(t, l),
+                    };
+                    batch.expect("a known table").map(|b| (*t, b))
+                })
                 .collect::<Result<Vec<_>, _>>();
             (built, l.last_lsn())
         });
         snapshot.tables.extend(built?);
         for name in ["events", "inferences", "attributions"] {
-            if let Some(r) = names.get(name) {
+            if let Some(Reads { lsns: r, .. }) = names.get(name) {
                 let range = LsnRange { from: r.from.max(1), to: r.to.min(pinned) };
                 let stretch = LogStretch { db: self.db.clone(), range, chunk: self.log_chunk };
                 snapshot.logs.insert(name, stretch);
@@ -357,6 +352,68 @@ impl Sql {
     pub fn query_blocking(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         self.db.runtime().block_on(self.query(sql))
     }
+}
+
+/// The tables an (optimized) plan reads: for the log's tables the lsn range it keeps, for a
+/// keyed table the keys it asks for (`balances WHERE account = 'x'`).
+fn reads_of(plan: &LogicalPlan) -> Result<BTreeMap<String, Reads>, QueryError> {
+    let mut names: BTreeMap<String, Reads> = BTreeMap::new();
+    plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p {
+            let table = scan.table_name.table();
+            let reads = Reads {
+                lsns: scan.filters.iter().filter_map(lsn_bound).fold(LsnRange::ALL, |a, b| {
+                    LsnRange { from: a.from.max(b.from), to: a.to.min(b.to) }
+                }),
+                keys: key_filter(table, &scan.filters),
+            };
+            names
+                .entry(table.to_owned())
+                .and_modify(|r| *r = r.clone().union(reads.clone()))
+                .or_insert(reads);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(names)
+}
+
+/// What a statement reads of one table.
+#[derive(Debug, Clone)]
+struct Reads {
+    /// The lsns it keeps (log tables).
+    lsns: LsnRange,
+    /// The keys it asks for, when every scan of the table names them (keyed tables).
+    keys: Option<BTreeSet<String>>,
+}
+
+impl Reads {
+    /// What two scans of the same table read together.
+    fn union(self, o: Reads) -> Reads {
+        let keys = match (self.keys, o.keys) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                Some(a)
+            }
+            _ => None,
+        };
+        Reads { lsns: self.lsns.hull(o.lsns), keys }
+    }
+}
+
+/// The keys a scan's pushed-down filters ask for: `account = 'x'` on `balances`. `None`: all.
+fn key_filter(table: &str, filters: &[Expr]) -> Option<BTreeSet<String>> {
+    let column = tables::key_column(table)?;
+    let mut keys: Option<BTreeSet<String>> = None;
+    for f in filters {
+        if let Some(k) = crate::provider::key_equals(f, column) {
+            let k: BTreeSet<String> = [k].into();
+            keys = Some(match keys {
+                Some(prev) => prev.intersection(&k).cloned().collect(),
+                None => k,
+            });
+        }
+    }
+    keys
 }
 
 /// Writes held back by `BEGIN` until `COMMIT`.
@@ -502,5 +559,39 @@ fn uncast(e: Expr) -> Expr {
         Expr::Cast(c) => *c.expr,
         Expr::TryCast(c) => *c.expr,
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reads a statement's snapshot is built from, after optimization.
+    fn reads(sql: &Sql, q: &str) -> BTreeMap<String, Reads> {
+        let rt = sql.db.runtime();
+        let statement = Sql::parse(q).unwrap().remove(0);
+        let plan = rt.block_on(sql.plan(&statement)).unwrap();
+        reads_of(&sql.ctx.state().optimize(&plan).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn filters_reach_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = Sql::new(Arc::new(Database::open(dir.path()).unwrap())).unwrap();
+        let r = reads(&sql, "SELECT earned FROM balances WHERE account = 'a' AND earned > 0");
+        assert_eq!(r["balances"].keys, Some(["a".to_string()].into()));
+        let r = reads(&sql, "SELECT earned FROM balances WHERE account = 'a' OR earned > 5");
+        assert_eq!(r["balances"].keys, None, "an OR reads everything");
+        let r = reads(&sql, "SELECT * FROM events WHERE lsn > 5 AND lsn <= 9 AND kind = 'model'");
+        assert_eq!(r["events"].lsns, LsnRange { from: 6, to: 9 });
+        let r = reads(
+            &sql,
+            "SELECT * FROM inferences i JOIN attributions a ON a.lsn = i.lsn WHERE i.lsn >= 100",
+        );
+        assert_eq!(r["inferences"].lsns.from, 100);
+        // The optimizer carries the bound across the join's equality.
+        assert_eq!(r["attributions"].lsns.from, 100);
+        let r = reads(&sql, "SELECT * FROM events WHERE lsn < 3 OR lsn > 100");
+        assert_eq!(r["events"].lsns, LsnRange::ALL, "an OR of bounds reads everything");
     }
 }

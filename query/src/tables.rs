@@ -245,6 +245,43 @@ pub fn inference_stretch(
 /// The `inferences` and `attributions` rows of a stretch, and where the next stretch starts.
 pub type InferenceStretch = (Option<RecordBatch>, Option<RecordBatch>, Option<ScanCursor>);
 
+/// The column a table can be looked up by without copying all of it.
+pub fn key_column(table: &str) -> Option<&'static str> {
+    match table {
+        "balances" => Some("account"),
+        _ => None,
+    }
+}
+
+/// Builds the rows of `table` whose key (`key_column`) is one of `keys`; `None` for a table
+/// without a key.
+pub fn build_keyed(
+    table: &str,
+    l: &Ledger,
+    keys: &std::collections::BTreeSet<String>,
+) -> Option<Result<RecordBatch, ArrowError>> {
+    match table {
+        "balances" => {
+            let rows: Vec<_> =
+                keys.iter().filter_map(|k| l.balance(k)).filter(|b| b.earned > 0).collect();
+            Some(balances_batch(&rows))
+        }
+        _ => None,
+    }
+}
+
+fn balances_batch(rows: &[tally_engine::BalanceView<'_>]) -> Result<RecordBatch, ArrowError> {
+    batch(
+        vec![text("account"), bigint("earned"), bigint("settled"), bigint("pending")],
+        vec![
+            strings(rows.iter().map(|r| r.account)),
+            ints(rows.iter().map(|r| r.earned)),
+            ints(rows.iter().map(|r| r.settled)),
+            ints(rows.iter().map(|r| r.pending)),
+        ],
+    )
+}
+
 /// Builds `table` from the state, or `None` for a name this module does not own.
 pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>> {
     Some(match table {
@@ -393,18 +430,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
                 ],
             )
         }
-        "balances" => {
-            let rows: Vec<_> = l.balances().collect();
-            batch(
-                vec![text("account"), bigint("earned"), bigint("settled"), bigint("pending")],
-                vec![
-                    strings(rows.iter().map(|r| r.account)),
-                    ints(rows.iter().map(|r| r.earned)),
-                    ints(rows.iter().map(|r| r.settled)),
-                    ints(rows.iter().map(|r| r.pending)),
-                ],
-            )
-        }
+        "balances" => balances_batch(&l.balances().collect::<Vec<_>>()),
         "payouts" => {
             let rows: Vec<_> = l.payouts().collect();
             batch(
