@@ -187,10 +187,14 @@ impl Sql {
                 }
             }
         }
+        let is_query = matches!(statement, Statement::Query(_));
         let state = self.ctx.state();
         let plan = state.statement_to_plan(DfStatement::Statement(Box::new(statement))).await?;
         if matches!(plan, LogicalPlan::Ddl(_) | LogicalPlan::Copy(_)) {
             return Err(QueryError::NotAllowed("DDL and COPY TO".into()));
+        }
+        if is_query {
+            return postgres_names(plan);
         }
         Ok(plan)
     }
@@ -375,6 +379,58 @@ fn reads_of(plan: &LogicalPlan) -> Result<BTreeMap<String, Reads>, QueryError> {
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(names)
+}
+
+/// Renames result columns the way PostgreSQL names them where DataFusion differs: a column
+/// that is one function call is named after the function (`count(*)` → `count`,
+/// `sum(balances.earned)` → `sum`), so drivers that read columns by name find them. Names
+/// that would then repeat are left as they are.
+fn postgres_names(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+    let schema = plan.schema().clone();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let renamed: Vec<Option<&str>> = names.iter().map(|n| function_name(n)).collect();
+    if renamed.iter().all(Option::is_none) {
+        return Ok(plan);
+    }
+    let finals: Vec<&str> =
+        names.iter().zip(&renamed).map(|(n, r)| r.unwrap_or(n.as_str())).collect();
+    let exprs = (0..names.len())
+        .map(|i| {
+            let column = Expr::Column(datafusion::common::Column::from(schema.qualified_field(i)));
+            let unique = finals.iter().filter(|f| **f == finals[i]).count() == 1;
+            match renamed[i] {
+                Some(name) if unique => column.alias(name),
+                _ => column,
+            }
+        })
+        .collect::<Vec<_>>();
+    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
+}
+
+/// `f` when `name` is exactly one call `f(…)` (its first parenthesis closes at the end).
+fn function_name(name: &str) -> Option<&str> {
+    let open = name.find('(')?;
+    let f = &name[..open];
+    let ident = !f.is_empty()
+        && f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !f.as_bytes()[0].is_ascii_digit();
+    if !ident || !name.ends_with(')') {
+        return None;
+    }
+    let mut depth = 0i32;
+    for (i, c) in name[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (open + i == name.len() - 1).then_some(f);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// What a statement reads of one table.
@@ -572,6 +628,28 @@ mod tests {
         let statement = Sql::parse(q).unwrap().remove(0);
         let plan = rt.block_on(sql.plan(&statement)).unwrap();
         reads_of(&sql.ctx.state().optimize(&plan).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn result_columns_are_named_like_postgresql() {
+        assert_eq!(function_name("count(*)"), Some("count"));
+        assert_eq!(function_name("sum(balances.earned)"), Some("sum"));
+        assert_eq!(function_name("max(a) - min(b)"), None);
+        assert_eq!(function_name("sum(x) + Int64(1)"), None);
+        assert_eq!(function_name("earned"), None);
+        assert_eq!(function_name("1x(y)"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let sql = Sql::new(Arc::new(Database::open(dir.path()).unwrap())).unwrap();
+        let names = |q: &str| {
+            let b = sql.query_blocking(q).unwrap();
+            b[0].schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(names("SELECT count(*), max(lsn) FROM events"), ["count", "max"]);
+        assert_eq!(
+            names("SELECT count(*), count(lsn) FROM events"),
+            ["count(*)", "count(events.lsn)"]
+        );
+        assert_eq!(names("SELECT count(*) AS n, 1 + 1 FROM events"), ["n", "Int64(1) + Int64(1)"]);
     }
 
     #[test]
