@@ -27,34 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the ledger over the PostgreSQL wire protocol (psql, drivers, BI tools).
-    Serve {
-        #[arg(long, default_value = "./tally-data")]
-        data: PathBuf,
-        /// Address to listen on; without users only a loopback address is allowed.
-        #[arg(long, default_value = tally_server::DEFAULT_LISTEN)]
-        listen: std::net::SocketAddr,
-        /// Users file (SCRAM verifiers); default `<data>/users`. None: development mode.
-        #[arg(long)]
-        users: Option<PathBuf>,
-        /// Fill an empty data directory with the demo ledger first.
-        #[arg(long)]
-        demo: bool,
-        /// Inferences in the demo ledger (with --demo).
-        #[arg(long, default_value_t = 200_000)]
-        demo_inferences: u64,
-        /// PEM certificate chain: with --tls-key, clients may use TLS.
-        #[arg(long)]
-        tls_cert: Option<PathBuf>,
-        /// PEM private key for --tls-cert.
-        #[arg(long)]
-        tls_key: Option<PathBuf>,
-        /// Connections served at once; more are refused (SQLSTATE 53300).
-        #[arg(long, default_value_t = tally_server::DEFAULT_MAX_CONNECTIONS)]
-        max_connections: usize,
-        /// The longest any statement may run, in seconds.
-        #[arg(long, default_value_t = tally_server::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
-        statement_timeout: u64,
-    },
+    Serve(serve::Args),
     /// Manage the users a server accepts.
     User {
         #[command(subcommand)]
@@ -115,29 +88,9 @@ enum UserCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            data,
-            listen,
-            users,
-            demo,
-            demo_inferences,
-            tls_cert,
-            tls_key,
-            max_connections,
-            statement_timeout,
-        } => {
+        Command::Serve(args) => {
             init_logging();
-            serve::run(serve::Args {
-                data,
-                listen,
-                users,
-                demo,
-                demo_inferences,
-                tls_cert,
-                tls_key,
-                max_connections,
-                statement_timeout_s: statement_timeout,
-            })
+            serve::run(args)
         }
         Command::User { command: UserCommand::Add { name, role, data, users } } => {
             serve::add_user(&data, users.as_ref(), &name, &role)

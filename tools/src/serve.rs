@@ -13,15 +13,35 @@ use tally_query::Sql;
 use tally_server::{ServeOptions, Server, Users};
 use tally_storage::Database;
 
+/// `tally serve`'s options.
+#[derive(clap::Args)]
 pub struct Args {
+    /// Data directory (one process at a time owns it).
+    #[arg(long, default_value = "./tally-data")]
     pub data: PathBuf,
+    /// Address to listen on; without users only a loopback address is allowed.
+    #[arg(long, default_value = tally_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Users file (SCRAM verifiers); default `<data>/users`. None: development mode.
+    #[arg(long)]
     pub users: Option<PathBuf>,
+    /// Fill an empty data directory with the demo ledger first.
+    #[arg(long)]
     pub demo: bool,
+    /// Inferences in the demo ledger (with --demo).
+    #[arg(long, default_value_t = 200_000)]
     pub demo_inferences: u64,
+    /// PEM certificate chain: with --tls-key, clients may use TLS.
+    #[arg(long)]
     pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Connections served at once; more are refused (SQLSTATE 53300).
+    #[arg(long, default_value_t = tally_server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// The longest any statement may run, in seconds.
+    #[arg(long = "statement-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
     pub statement_timeout_s: u64,
 }
 
