@@ -70,7 +70,6 @@ fn log_chunk(
     name: &'static str,
     stretch: tables::Stretch,
 ) -> Result<(RecordBatch, Option<ScanCursor>)> {
-    let ours = |e: QueryError| DataFusionError::External(Box::new(e));
     match name {
         "events" => tables::events_stretch(db, stretch).map_err(ours),
         "inferences" | "attributions" => {
@@ -282,7 +281,7 @@ pub(crate) struct LsnRange {
 impl LsnRange {
     pub const ALL: LsnRange = LsnRange { from: 0, to: u64::MAX };
 
-    fn intersect(self, o: LsnRange) -> LsnRange {
+    pub fn intersect(self, o: LsnRange) -> LsnRange {
         LsnRange { from: self.from.max(o.from), to: self.to.min(o.to) }
     }
 

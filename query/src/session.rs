@@ -366,9 +366,11 @@ fn reads_of(plan: &LogicalPlan) -> Result<BTreeMap<String, Reads>, QueryError> {
         if let LogicalPlan::TableScan(scan) = p {
             let table = scan.table_name.table();
             let reads = Reads {
-                lsns: scan.filters.iter().filter_map(lsn_bound).fold(LsnRange::ALL, |a, b| {
-                    LsnRange { from: a.from.max(b.from), to: a.to.min(b.to) }
-                }),
+                lsns: scan
+                    .filters
+                    .iter()
+                    .filter_map(lsn_bound)
+                    .fold(LsnRange::ALL, LsnRange::intersect),
                 keys: key_filter(table, &scan.filters),
             };
             names

@@ -213,9 +213,10 @@ async fn register_to_regtype(sql: &Sql) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Catalog functions drivers call that have a fixed answer here: the ledger's tables have no
-/// serial columns (`pg_get_serial_sequence` is NULL) and one collation (always visible).
-fn register_catalog_constants(sql: &Sql) {
+/// Catalog functions drivers call that DataFusion lacks. Most have a fixed answer here: the
+/// ledger's tables have no serial columns (`pg_get_serial_sequence` is NULL) and one collation
+/// (always visible); `json_build_object` is real.
+fn register_catalog_functions(sql: &Sql) {
     let null_text = create_udf(
         "pg_get_serial_sequence",
         vec![DataType::Utf8, DataType::Utf8],
@@ -331,7 +332,7 @@ impl Server {
             .map_err(|e| ServerError::Sql(e.to_string()))?;
         register_version(&sql);
         register_to_regtype(&sql).await?;
-        register_catalog_constants(&sql);
+        register_catalog_functions(&sql);
         let listener = TcpListener::bind(options.listen).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::AddrInUse {
                 ServerError::Bind(format!(

@@ -43,17 +43,13 @@ pub struct Users {
     users: BTreeMap<String, User>,
 }
 
-fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data);
     tag.as_ref().try_into().expect("HMAC-SHA-256 is 32 bytes")
 }
 
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     digest::digest(&digest::SHA256, data).as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
-
-pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
-    hmac_sha256(key, data)
 }
 
 impl Verifier {
@@ -79,12 +75,12 @@ impl Verifier {
             prepared.as_bytes(),
             &mut salted,
         );
-        let client_key = hmac_sha256(&salted, b"Client Key");
+        let client_key = hmac(&salted, b"Client Key");
         Verifier {
             iterations,
             salt,
             stored_key: sha256(&client_key),
-            server_key: hmac_sha256(&salted, b"Server Key"),
+            server_key: hmac(&salted, b"Server Key"),
         }
     }
 
