@@ -17,6 +17,7 @@ mod prefetch;
 mod read;
 mod replay;
 pub mod settle;
+mod shape;
 mod state;
 mod validate;
 pub mod weight;
@@ -34,5 +35,6 @@ pub use read::{
 };
 pub use replay::replay;
 pub use settle::{BatchSettler, CpuSettler, SettleError, SettleInput, SettleOutput};
+pub use shape::first_malformed;
 pub use state::{Applied, InferenceHistory, Ledger, MemoryReport, Role, MAX_OPEN_ENTRIES};
 pub use validate::{MAX_BATCH_EVENTS, MAX_REASON_BYTES};

@@ -252,12 +252,14 @@ impl<'s, 'a> Validator<'s, 'a> {
                     }
                 };
                 let mut datanets = Vec::with_capacity(m.datanets.len());
+                // Linear in the list's length: a model may list every datanet of the ledger.
+                let mut seen = HashSet::<u32, FixedState>::default();
                 for (k, d) in m.datanets.iter().enumerate() {
                     id("datanets", d).map_err(|r| r.at_entry(k))?;
                     let Some(dn) = self.datanet(d) else {
                         return Err(refuse("datanets", d, Rule::UnknownDatanet).at_entry(k));
                     };
-                    if datanets.contains(&dn) {
+                    if !seen.insert(dn) {
                         return Err(refuse("datanets", d, Rule::RepeatedDatanet).at_entry(k));
                     }
                     datanets.push(dn);

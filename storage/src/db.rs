@@ -128,14 +128,28 @@ async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<
     let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
     // Bytes of entries proposed and not yet applied: the log must have room for them too.
     let in_flight = Arc::new(AtomicU64::new(0));
-    while let Some(first) = rx.recv().await {
+    // A batch that did not fit the last group starts the next one.
+    let mut carry: Option<Request> = None;
+    loop {
+        let first = match carry.take() {
+            Some(r) => r,
+            None => match rx.recv().await {
+                Some(r) => r,
+                None => return,
+            },
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let mut bytes = first.part.len();
+        let mut data = payload::aligned(first.part.len());
         let mut group = vec![first];
-        while group.len() < payload::MAX_PARTS && bytes < GROUP_BYTES {
+        while group.len() < payload::MAX_PARTS && data < GROUP_BYTES {
             match rx.try_recv() {
                 Ok(r) => {
-                    bytes += r.part.len();
+                    let more = data + payload::aligned(r.part.len());
+                    if payload::group_bytes(group.len() + 1, more) > payload::MAX_PROPOSAL_BYTES {
+                        carry = Some(r);
+                        break;
+                    }
+                    data = more;
                     group.push(r);
                 }
                 Err(_) => break,
@@ -227,6 +241,11 @@ pub enum WriteError {
     /// Nothing of the batch was written (e.g. the disk is full).
     #[error("{0}")]
     Storage(String),
+    /// The batch does not fit one log record once encoded; nothing of it was written.
+    #[error(
+        "the batch is {bytes} bytes once encoded, more than the {max} a log record holds: split it"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }
 
 /// A position in the log between two batches, where a scan continues (`Database::scan_chunk`).
@@ -305,9 +324,13 @@ impl Database {
         let (log, recovery) = LogStore::open(&dir.join("log"), options.segment_bytes)?;
         let (sm, snapshot_discarded) = StateMachine::open(&dir)?;
         let shared = sm.shared();
-        if shared.state.read().expect("state lock").last_applied.is_none() {
+        let applied = shared.state.read().expect("state lock").last_applied;
+        if applied.is_none() {
             log.forget_purged()?;
         }
+        // Everything Raft will re-apply must be readable: damage found now is named, with
+        // what to do, instead of failing inside Raft with a missing entry.
+        log.check_readable_from(applied.map_or(0, |l| l.index + 1))?;
         let config = Config {
             cluster_name: "tally".into(),
             // One voter: elections cannot split, so a short timeout only makes opening faster.
@@ -390,8 +413,22 @@ impl Database {
     /// one after another are appended and applied in that order. Batches waiting while the
     /// log syncs are grouped into one Raft entry, so they share one fsync (group commit) while
     /// each stays atomic on its own.
+    ///
+    /// Checks that need no ledger state (ids, sizes, fee range, entry counts) are made here,
+    /// before anything is proposed: a batch refused for its shape costs no log space.
     pub async fn submit(&self, events: Vec<Event>) -> Result<PendingWrite, WriteError> {
+        if let Some(i) = tally_engine::first_malformed(&events) {
+            // The exact refusal is validation's: an earlier event may fail a stateful rule.
+            return Err(match self.read(|l| l.validate(&events[..=i])) {
+                Err(refusal) => WriteError::Refused(refusal),
+                Ok(()) => WriteError::Malformed(format!("event {i} is malformed")),
+            });
+        }
         let part = payload::encode_batch(now_micros(), events);
+        let bytes = payload::group_bytes(1, payload::aligned(part.len()));
+        if bytes > payload::MAX_PROPOSAL_BYTES {
+            return Err(WriteError::TooLarge { bytes, max: payload::MAX_PROPOSAL_BYTES });
+        }
         let (reply, rx) = oneshot::channel();
         self.coalescer
             .send(Request { part, reply })
@@ -471,6 +508,7 @@ impl Database {
             let step = self.log.with_log(|log| {
                 let mut seen = 0;
                 for r in log.iter_from(next).take(SCAN_RECORDS_PER_LOCK) {
+                    let r = r?;
                     seen += 1;
                     let index = r.header.index;
                     next = index + 1;

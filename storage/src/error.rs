@@ -14,11 +14,21 @@ pub enum StorageError {
     #[error("{path}: not a Tally log segment or an unsupported format ({reason})")]
     BadSegment { path: PathBuf, reason: String },
     #[error(
-        "corrupt log: {path} at offset {offset} (log index {index}) fails its checksum, yet valid \
-         records follow it; refusing to open. Run `tally salvage --data DIR` to keep the log up \
-         to the last good record (index {last_good}), after taking a copy of the directory"
+        "corrupt log: {path} at offset {offset} (log index {index}) fails its checksum and is not \
+         the torn tail of an interrupted write; refusing to open. Restore the data directory \
+         from a copy, or run `tally salvage --data DIR` to keep the log up to the last good \
+         record (index {last_good}), after taking a copy of the directory"
     )]
     Corrupt { path: PathBuf, offset: u64, index: u64, last_good: u64 },
+    /// A record a read reached fails its checksum (damage at rest). Nothing past it is
+    /// answered: a short result would be a wrong one.
+    #[error(
+        "damaged log record: {path} at offset {offset} (log index {index}) fails its checksum, \
+         so the ledger cannot be read past it. Restore the data directory from a copy, or run \
+         `tally salvage --data DIR` to cut the log before it (log index {index} and everything \
+         after it are lost; copy the directory first)"
+    )]
+    Damaged { path: PathBuf, offset: u64, index: u64 },
     #[error("sealed segment {path} fails its checksum ({reason})")]
     SealedChecksum { path: PathBuf, reason: String },
     #[error(

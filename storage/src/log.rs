@@ -48,6 +48,11 @@ pub struct Recovery {
     pub removed_empty: Option<PathBuf>,
     /// The cut (`torn`) was at a damaged record with valid records after it (`Log::salvage`).
     pub salvaged: bool,
+    /// Segments after a damaged sealed segment, removed by `Log::salvage`.
+    pub removed_after_damage: Vec<PathBuf>,
+    /// Sealed segments whose checksum failed while every record in them is intact (damage in
+    /// padding): their checksum was recomputed by `Log::salvage`.
+    pub resealed: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +80,9 @@ impl Log {
         Self::open_mode(dir, segment_bytes, false)
     }
 
-    /// Opens a log that `open` refused as corrupt, cutting it at the first damaged record of
-    /// its last segment (everything after it is zeroed). Explicit and destructive: for
-    /// `tally salvage` only.
+    /// Opens a log that `open` or a read refused as damaged, cutting it at its first damaged
+    /// record, in a sealed segment (whose later records are zeroed and later segments removed)
+    /// or in the last one. Explicit and destructive: for `tally salvage` only.
     pub fn salvage(dir: &Path, segment_bytes: u64) -> Result<(Log, Recovery)> {
         Self::open_mode(dir, segment_bytes, true)
     }
@@ -94,6 +99,9 @@ impl Log {
             .collect();
         names.sort();
         let mut recovery = Recovery::default();
+        if salvage {
+            cut_at_sealed_damage(dir, &mut names, &mut recovery)?;
+        }
         let mut segments: Vec<Segment> = Vec::new();
         let count = names.len();
         for (k, (first, path)) in names.into_iter().enumerate() {
@@ -287,7 +295,7 @@ impl Log {
         }
         if let Some(seg) = self.segments.last_mut() {
             let cut = if seg.last_index.is_some_and(|l| l >= from) {
-                seg.offset_of(from).expect("index in segment")
+                seg.offset_of(from)?.expect("index in segment")
             } else {
                 seg.end
             };
@@ -298,7 +306,7 @@ impl Log {
                         seg.path.display()
                     )));
                 }
-                zero(seg, cut, seg.end)?;
+                seg.zero(cut, seg.end)?;
                 seg.end = cut;
                 seg.last_index = (from > seg.first_index).then(|| from - 1);
                 seg.sparse.retain(|&(i, _)| i < from);
@@ -312,44 +320,32 @@ impl Log {
         Ok(())
     }
 
-    /// The record at `index`, read in place.
-    pub fn read(&self, index: u64) -> Option<RecordRef<'_>> {
+    /// The record at `index`, read in place (`None` when the log does not hold it).
+    pub fn read(&self, index: u64) -> Result<Option<RecordRef<'_>>> {
         let k = self.segments.partition_point(|s| s.first_index <= index);
-        let seg = self.segments.get(k.checked_sub(1)?)?;
-        let at = seg.offset_of(index)? as usize;
+        let Some(seg) = k.checked_sub(1).and_then(|k| self.segments.get(k)) else {
+            return Ok(None);
+        };
+        let Some(at) = seg.offset_of(index)? else { return Ok(None) };
+        let at = at as usize;
         match record::probe(&seg.data()[..seg.end as usize], at) {
             Probe::Valid { header, len, .. } => {
-                Some(RecordRef { header, payload: record::payload(seg.data(), at, len) })
+                Ok(Some(RecordRef { header, payload: record::payload(seg.data(), at, len) }))
             }
-            _ => None,
+            _ => Err(seg.damaged(at as u64, index)),
         }
     }
 
-    /// Records from `from` (inclusive) to the end, in order.
-    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = RecordRef<'_>> + '_ {
+    /// Records from `from` (inclusive) to the end, in order. A record that fails its checks
+    /// ends the walk with an error naming it: nothing after damage is ever skipped to.
+    pub fn iter_from(&self, from: u64) -> impl Iterator<Item = Result<RecordRef<'_>>> + '_ {
         let start = self.segments.partition_point(|s| s.first_index <= from).saturating_sub(1);
-        self.segments[start..].iter().flat_map(move |seg| {
-            let mut at = if seg.first_index >= from {
-                Some(HEADER_SIZE as usize)
-            } else {
-                seg.offset_of(from).map(|o| o as usize)
-            };
-            std::iter::from_fn(move || {
-                let pos = at?;
-                match record::probe(&seg.data()[..seg.end as usize], pos) {
-                    Probe::Valid { header, len, size } => {
-                        at = Some(pos + size);
-                        Some(RecordRef { header, payload: record::payload(seg.data(), pos, len) })
-                    }
-                    _ => {
-                        at = None;
-                        None
-                    }
-                }
-            })
-        })
+        let mut failed = false;
+        self.segments[start..]
+            .iter()
+            .flat_map(move |seg| SegmentRecords::new(seg, from))
+            .take_while(move |r| !std::mem::replace(&mut failed, r.is_err()))
     }
-
     /// Checks the checksums of every sealed segment (the active one is checked record by
     /// record on every open). Returns the number of segments checked.
     pub fn verify_sealed(&self) -> Result<usize> {
@@ -367,23 +363,92 @@ impl Log {
     }
 }
 
+/// The records of one segment from a given index on.
+struct SegmentRecords<'a> {
+    seg: &'a Segment,
+    /// Offset and log index of the next record; `None` once done.
+    at: Option<(usize, u64)>,
+    /// An error to yield first (the start could not be found).
+    error: Option<StorageError>,
+}
+
+impl<'a> SegmentRecords<'a> {
+    fn new(seg: &'a Segment, from: u64) -> SegmentRecords<'a> {
+        if seg.first_index >= from {
+            let at = Some((HEADER_SIZE as usize, seg.first_index));
+            return SegmentRecords { seg, at, error: None };
+        }
+        match seg.offset_of(from) {
+            Ok(at) => SegmentRecords { seg, at: at.map(|o| (o as usize, from)), error: None },
+            Err(e) => SegmentRecords { seg, at: None, error: Some(e) },
+        }
+    }
+}
+
+impl<'a> Iterator for SegmentRecords<'a> {
+    type Item = Result<RecordRef<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        let (pos, expected) = self.at?;
+        let seg = self.seg;
+        if pos as u64 >= seg.end {
+            self.at = None;
+            return None;
+        }
+        match record::probe(&seg.data()[..seg.end as usize], pos) {
+            Probe::Valid { header, len, size } if header.index == expected => {
+                self.at = Some((pos + size, expected + 1));
+                Some(Ok(RecordRef { header, payload: record::payload(seg.data(), pos, len) }))
+            }
+            _ => {
+                self.at = None;
+                Some(Err(seg.damaged(pos as u64, expected)))
+            }
+        }
+    }
+}
+
+/// Salvage's first pass: finds the first sealed segment whose checksum fails. If one of its
+/// records is damaged, the segment is cut there (and unsealed, so that opening treats it as the
+/// active segment) and every later segment is removed; if its records are all intact (the
+/// damage is in padding), its checksum is recomputed.
+fn cut_at_sealed_damage(
+    dir: &Path,
+    names: &mut Vec<(u64, PathBuf)>,
+    recovery: &mut Recovery,
+) -> Result<()> {
+    for k in 0..names.len() {
+        let mut seg = Segment::open(&names[k].1)?;
+        if seg.sealed.is_none() || seg.verify_sealed().is_ok() {
+            continue;
+        }
+        let Some((offset, index)) = seg.first_damaged() else {
+            seg.reseal()?;
+            recovery.resealed.push(seg.path.clone());
+            continue;
+        };
+        let bytes = seg.end - offset;
+        seg.unseal_at(offset, index)?;
+        recovery.torn = Some(TornTail { path: seg.path.clone(), offset, index, bytes });
+        recovery.salvaged = true;
+        for (_, later) in names.drain(k + 1..) {
+            std::fs::remove_file(&later).map_err(|e| StorageError::io(&later, e))?;
+            let _ = std::fs::remove_file(segment::index_path(&later));
+            recovery.removed_after_damage.push(later);
+        }
+        segment::sync_dir(dir)?;
+        return Ok(());
+    }
+    Ok(())
+}
+
 fn is_zero_file_head(path: &Path) -> bool {
     std::fs::read(path)
         .map(|b| b.iter().take(HEADER_SIZE as usize).all(|&x| x == 0))
         .unwrap_or(false)
-}
-
-/// Overwrites `from..to` of a segment with zeros and syncs it.
-fn zero(seg: &Segment, from: u64, to: u64) -> Result<()> {
-    use std::os::unix::fs::FileExt;
-    let zeros = vec![0u8; 1 << 20];
-    let mut at = from;
-    while at < to {
-        let n = (to - at).min(zeros.len() as u64) as usize;
-        seg.file.write_all_at(&zeros[..n], at).map_err(|e| StorageError::io(&seg.path, e))?;
-        at += n as u64;
-    }
-    seg.file.sync_data().map_err(|e| StorageError::io(&seg.path, e))
 }
 
 /// Reads the records of an unsealed segment, checking each, and decides what a bad record
@@ -427,7 +492,7 @@ fn scan_active(
                 let dirty_end = last_nonzero(seg.data(), at).max(at) as u64;
                 let dirty_end =
                     (dirty_end + 1).next_multiple_of(record::ALIGN as u64).min(data_len as u64);
-                zero(seg, at as u64, dirty_end)?;
+                seg.zero(at as u64, dirty_end)?;
                 recovery.salvaged = later.is_some();
                 recovery.torn = Some(TornTail {
                     path: seg.path.clone(),

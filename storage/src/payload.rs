@@ -14,6 +14,22 @@ use tally_engine::{Applied, Event, Refusal};
 /// Most batches grouped into one entry.
 pub const MAX_PARTS: usize = 4096;
 
+/// Largest entry payload: what fits in one log record (`log::MAX_RECORD_BYTES`, header and
+/// padding included). A larger proposal would fail its append, which Raft treats as fatal, so
+/// none is ever proposed: a batch whose archive alone exceeds it is refused when submitted.
+pub const MAX_PROPOSAL_BYTES: usize = crate::log::MAX_RECORD_BYTES - crate::record::HEADER - 16;
+
+/// The size of the entry payload that groups `parts` parts of `data` bytes in all, each
+/// part's length rounded up to 16 (`aligned`) (`Proposal::group`).
+pub fn group_bytes(parts: usize, data: usize) -> usize {
+    (8 + parts * 16).next_multiple_of(16) + data
+}
+
+/// A part's length as it lies in an entry payload (16-byte aligned).
+pub fn aligned(len: usize) -> usize {
+    len.next_multiple_of(16)
+}
+
 /// The archived content of one batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct BatchRecord {
@@ -55,7 +71,8 @@ impl Proposal {
     pub fn group(parts: &[AlignedVec<16>]) -> Proposal {
         assert!(!parts.is_empty() && parts.len() <= MAX_PARTS);
         let table = (8 + parts.len() * 16).next_multiple_of(16);
-        let total = table + parts.iter().map(|p| p.len().next_multiple_of(16)).sum::<usize>();
+        let total = group_bytes(parts.len(), parts.iter().map(|p| aligned(p.len())).sum());
+        assert!(total <= MAX_PROPOSAL_BYTES, "a proposal of {total} bytes would not fit a record");
         let mut bytes = AlignedVec::<16>::with_capacity(total);
         bytes.extend_from_slice(&(parts.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&[0; 4]);

@@ -135,6 +135,24 @@ impl LogStore {
         inner.log.ensure_room(bytes + RAFT_HEADROOM)
     }
 
+    /// Checks every record from log index `from` to the end: a damaged one is reported as
+    /// corruption that stops the database from opening.
+    pub fn check_readable_from(&self, from: u64) -> Result<(), StorageError> {
+        self.with_log(|l| {
+            for r in l.iter_from(from) {
+                match r {
+                    Ok(_) => {}
+                    Err(StorageError::Damaged { path, offset, index }) => {
+                        let last_good = index.saturating_sub(1);
+                        return Err(StorageError::Corrupt { path, offset, index, last_good });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Runs `f` on the log (for scans, verification and tools).
     pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
         f(&self.lock().log)
@@ -177,6 +195,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             return Ok(out);
         }
         for r in inner.log.iter_from(start) {
+            let r = r.map_err(read_err)?;
             if !range.contains(&r.header.index) {
                 break;
             }
@@ -191,8 +210,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftError> {
         let inner = self.lock();
-        let last =
-            inner.log.last_index().and_then(|i| inner.log.read(i)).map(|r| log_id_of(&r.header));
+        let last = match inner.log.last_index() {
+            Some(i) => inner.log.read(i).map_err(read_err)?.map(|r| log_id_of(&r.header)),
+            None => None,
+        };
         let last_log_id = match (last, inner.purged) {
             (Some(l), Some(p)) => Some(if p.index > l.index { p } else { l }),
             (l, p) => l.or(p),

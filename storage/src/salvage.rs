@@ -1,5 +1,6 @@
-//! `tally salvage`: the explicit, destructive way out of a log that opening refuses as corrupt.
-//! Cuts the log at its first damaged record (everything after it is zeroed), and sets aside
+//! `tally salvage`: the explicit, destructive way out of a log that opening or a read refuses as
+//! damaged. Cuts the log at its first damaged record, in whichever segment it lies (everything
+//! after it is zeroed, later segments removed), and sets aside
 //! what was derived from the records it removed — the snapshot and the committed index — so the
 //! state is rebuilt from the records that remain. Never runs by itself.
 
@@ -19,6 +20,11 @@ pub struct Salvaged {
     pub last_index: Option<u64>,
     /// The snapshot set aside, if there was one.
     pub snapshot_moved: Option<PathBuf>,
+    /// Whole segments after the damage, removed.
+    pub removed: Vec<PathBuf>,
+    /// Sealed segments whose records were all intact but whose checksum failed (damage in
+    /// padding): their checksum was recomputed; nothing was lost.
+    pub resealed: Vec<PathBuf>,
 }
 
 pub fn salvage(dir: &Path) -> Result<Salvaged, StorageError> {
@@ -45,5 +51,7 @@ pub fn salvage(dir: &Path) -> Result<Salvaged, StorageError> {
         damaged: recovery.salvaged,
         last_index: log.last_index(),
         snapshot_moved,
+        removed: recovery.removed_after_damage,
+        resealed: recovery.resealed,
     })
 }

@@ -241,6 +241,56 @@ impl Segment {
         Ok(())
     }
 
+    /// The offset and log index of the first record of a sealed segment that fails its checks
+    /// (`None`: every record is intact).
+    pub fn first_damaged(&self) -> Option<(u64, u64)> {
+        let end = self.sealed.expect("sealed").data_end as usize;
+        let (mut at, mut expected) = (HEADER_SIZE as usize, self.first_index);
+        while at < end {
+            match record::probe(&self.map[..end], at) {
+                Probe::Valid { header, size, .. } if header.index == expected => {
+                    at += size;
+                    expected += 1;
+                }
+                _ => return Some((at as u64, expected)),
+            }
+        }
+        None
+    }
+
+    /// Recomputes a sealed segment's checksum over records that are all intact (salvage).
+    pub fn reseal(&mut self) -> Result<()> {
+        self.sealed = None;
+        self.seal()
+    }
+
+    /// Cuts a sealed segment before its damaged record at `offset` (log index `index`): the
+    /// bytes from there are zeroed and the header is rewritten as an active segment's, so the
+    /// log continues here. For salvage only; the caller removes every later segment.
+    pub fn unseal_at(&mut self, offset: u64, index: u64) -> Result<()> {
+        self.zero(offset, self.end)?;
+        let io = |e| StorageError::io(&self.path, e);
+        self.file.write_all_at(&encode_header(self.first_index, None), 0).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        let _ = std::fs::remove_file(index_path(&self.path));
+        self.sealed = None;
+        self.end = offset;
+        self.last_index = (index > self.first_index).then(|| index - 1);
+        Ok(())
+    }
+
+    /// Overwrites `from..to` with zeros and syncs it.
+    pub fn zero(&self, from: u64, to: u64) -> Result<()> {
+        let zeros = vec![0u8; 1 << 20];
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at).map_err(|e| StorageError::io(&self.path, e))?;
+            at += n as u64;
+        }
+        self.file.sync_data().map_err(|e| StorageError::io(&self.path, e))
+    }
+
     /// Walks the records of a sealed segment to rebuild its sparse index when its index file
     /// is missing or damaged.
     pub fn index_sealed(&mut self) -> Result<()> {
@@ -264,24 +314,34 @@ impl Segment {
         Ok(())
     }
 
-    /// Offset of record `index`, walking from the nearest sparse point.
-    pub fn offset_of(&self, index: u64) -> Option<u64> {
+    /// Offset of record `index`, walking from the nearest sparse point (`None` when the segment
+    /// does not hold it). A damaged record on the way is an error naming it: the walk cannot
+    /// know where the records after it start.
+    pub fn offset_of(&self, index: u64) -> Result<Option<u64>> {
         if index < self.first_index || self.last_index.is_none_or(|l| index > l) {
-            return None;
+            return Ok(None);
         }
         let k = self.sparse.partition_point(|&(i, _)| i <= index);
-        let mut at = if k == 0 { HEADER_SIZE } else { self.sparse[k - 1].1 } as usize;
+        let (mut expected, at) =
+            if k == 0 { (self.first_index, HEADER_SIZE) } else { self.sparse[k - 1] };
+        let mut at = at as usize;
         loop {
             match record::probe(&self.map[..self.end as usize], at) {
-                Probe::Valid { header, size, .. } => {
+                Probe::Valid { header, size, .. } if header.index == expected => {
                     if header.index == index {
-                        return Some(at as u64);
+                        return Ok(Some(at as u64));
                     }
                     at += size;
+                    expected += 1;
                 }
-                _ => return None,
+                _ => return Err(self.damaged(at as u64, expected)),
             }
         }
+    }
+
+    /// The error for a record of this segment that fails its checks.
+    pub fn damaged(&self, offset: u64, index: u64) -> StorageError {
+        StorageError::Damaged { path: self.path.clone(), offset, index }
     }
 }
 

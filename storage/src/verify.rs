@@ -54,7 +54,15 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
     let mut refused_at: Vec<(u64, u32)> = Vec::new();
     db.log().with_log(|log| {
         let Some(first) = log.first_index() else { return };
-        for r in log.iter_from(first).filter(|r| r.header.kind == Kind::Batch) {
+        for r in log.iter_from(first) {
+            let r = match r {
+                Ok(r) if r.header.kind == Kind::Batch => r,
+                Ok(_) => continue,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    break;
+                }
+            };
             let parts = payload::parts(r.payload).unwrap_or_default();
             if parts.is_empty() {
                 refused += 1;
@@ -101,6 +109,8 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
         let mut ts = 0i64;
         let stream = log
             .iter_from(first)
+            // Damage ends the walk; pass 1 reported it.
+            .map_while(Result::ok)
             .filter(|r| r.header.kind == Kind::Batch)
             .flat_map(|r| {
                 let index = r.header.index;

@@ -174,7 +174,17 @@ fn salvage(data: &std::path::Path) -> Result<ExitCode> {
             t.offset,
             t.index
         ),
-        None => println!("nothing to salvage: the log is intact"),
+        None if s.resealed.is_empty() => println!("nothing to salvage: the log is intact"),
+        None => {}
+    }
+    for p in &s.resealed {
+        println!(
+            "{}: damage in padding only, every record intact; checksum recomputed",
+            p.display()
+        );
+    }
+    for p in &s.removed {
+        println!("removed {} (it followed the damage)", p.display());
     }
     if let Some(p) = &s.snapshot_moved {
         println!(

@@ -4,6 +4,7 @@
 mod image;
 mod model;
 mod props;
+mod shape;
 
 use tally_engine::{
     json, merkle, replay, Attribution, Contribution, CpuSettler, Datanet, Event, EventKind,
@@ -86,7 +87,7 @@ fn reward(l: &Ledger, epoch: u64, account: &str, role: Role) -> u64 {
 }
 
 /// settlement.md §5's setup: m-adapter (bob) adapts m-base (ann); c1..c3 owned by x, y, z.
-fn worked_example_setup() -> Ledger {
+pub fn worked_example_setup() -> Ledger {
     let mut l = Ledger::new();
     l.apply(&worked_example_setup_events(), 1_000).unwrap();
     l

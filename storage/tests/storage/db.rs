@@ -276,3 +276,101 @@ fn scanning_events_from_any_lsn_matches_a_full_scan() {
         assert_eq!(joined, full[from as usize - 1..to as usize].to_vec(), "{from}..={to} by {max}");
     }
 }
+
+/// Writes 40 batches of 50 datanets into 64 KiB segments, closes, and flips one byte in the
+/// middle of the first (sealed) segment. Returns the segment's path and the flipped offset.
+fn ledger_with_a_flip_in_a_sealed_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let db = Database::open_with(dir, sealed_options()).unwrap();
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| {
+                Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "owner".into() })
+            })
+            .collect();
+        db.write(batch).unwrap();
+    }
+    db.close().unwrap();
+    let first = dir.join("log").join(tally_storage::segment::file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    assert!(end > 1024, "the first segment is sealed and holds records");
+    let at = (64 + end) / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&first, bytes).unwrap();
+    (first, at)
+}
+
+fn sealed_options() -> Options {
+    Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX }
+}
+
+#[test]
+fn damage_in_a_sealed_segment_is_named_by_reads_by_opening_and_cut_by_salvage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, flipped) = ledger_with_a_flip_in_a_sealed_segment(dir.path());
+    // With the snapshot, the ledger opens; a read that reaches the damage fails, naming it,
+    // and never returns a short answer.
+    let db = Database::open_with(dir.path(), sealed_options()).unwrap();
+    let last = db.read(|l| l.last_lsn());
+    assert_eq!(last, 2000);
+    let mut seen = 0u64;
+    let err = db.scan_events(1, last, |_| seen += 1).unwrap_err();
+    let (offset, index) = match &err {
+        StorageError::Damaged { path, offset, index } => {
+            assert_eq!(path, &first);
+            (*offset, *index)
+        }
+        other => panic!("expected damage, got {other}"),
+    };
+    assert!(offset as usize <= flipped && flipped - (offset as usize) < 64 * 1024, "{err}");
+    assert!(seen < last, "the scan stopped at the damage");
+    let message = err.to_string();
+    assert!(message.contains(&format!("offset {offset}")), "{message}");
+    assert!(message.contains(&format!("log index {index}")) && message.contains("salvage"));
+    drop(db);
+    // Without it, opening must replay through the damage: it refuses, naming the record.
+    std::fs::remove_file(dir.path().join("snapshot.bin")).unwrap();
+    match Database::open_with(dir.path(), sealed_options()) {
+        Err(StorageError::Corrupt { path, offset: o, index: i, .. }) => {
+            assert_eq!((path, o, i), (first.clone(), offset, index))
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a ledger with a hole in its log"),
+    }
+    // Salvage finds it, cuts the log there and removes the segments after it.
+    let salvaged = tally_storage::salvage::salvage(dir.path()).unwrap();
+    let cut = salvaged.cut.expect("salvage cut the log");
+    assert!(salvaged.damaged && !salvaged.removed.is_empty());
+    assert_eq!((cut.path, cut.offset, cut.index), (first, offset, index));
+    assert_eq!(salvaged.last_index, Some(index - 1));
+    let report = tally_storage::verify::verify(dir.path()).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let db = Database::open_with(dir.path(), sealed_options()).unwrap();
+    let kept = db.read(|l| l.last_lsn());
+    assert!(kept > 0 && kept < last, "kept {kept} of {last}");
+    let mut n = 0u64;
+    db.scan_events(1, kept, |_| n += 1).unwrap();
+    assert_eq!(n, kept);
+}
+
+#[test]
+fn a_batch_refused_for_its_shape_costs_no_log_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_with(dir.path(), small()).unwrap();
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    db.write(vec![dn("a".into())]).unwrap();
+    let bytes = db.log().with_log(|l| l.data_bytes());
+    for _ in 0..5 {
+        match db.write(vec![dn("ok".into()), dn("x".repeat(20 << 20))]) {
+            Err(WriteError::Refused(r)) => assert_eq!((r.index, r.rule), (1, Rule::BadId)),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    // The first offending event is still the one validation names, stateful rules included.
+    match db.write(vec![dn("a".into()), dn("x".repeat(200))]) {
+        Err(WriteError::Refused(r)) => assert_eq!((r.index, r.rule), (0, Rule::DuplicateDatanet)),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(db.log().with_log(|l| l.data_bytes()), bytes, "refused batches were logged");
+    assert_eq!(db.write(vec![dn("b".into())]).unwrap().first_lsn, 2);
+}

@@ -44,7 +44,7 @@ fn write(dir: &Path, n: u64) -> Vec<(u64, u64)> {
     let mut offsets = Vec::new();
     let first = seg.first_index;
     for i in first..=n {
-        offsets.push((i, seg.offset_of(i).unwrap()));
+        offsets.push((i, seg.offset_of(i).unwrap().unwrap()));
     }
     offsets
 }
@@ -62,7 +62,7 @@ fn active_segment(dir: &Path) -> std::path::PathBuf {
 fn check_contents(log: &Log, upto: u64) {
     assert_eq!(log.last_index(), Some(upto));
     for i in 1..=upto {
-        assert_eq!(log.read(i).unwrap().payload, payload(i).as_slice(), "record {i}");
+        assert_eq!(log.read(i).unwrap().unwrap().payload, payload(i).as_slice(), "record {i}");
     }
 }
 
@@ -167,6 +167,19 @@ fn sealed_segments_carry_checksums_and_rolling_keeps_every_record() {
     drop(file);
     let (log, _) = Log::open(dir.path(), 8192).unwrap();
     assert!(matches!(log.verify_sealed(), Err(StorageError::SealedChecksum { .. })));
+    // Reads that reach it name the damaged record and go no further.
+    let first = log.segments()[1].first_index;
+    let read: Vec<_> = log.iter_from(1).collect();
+    let (good, bad) = read.split_at(read.len() - 1);
+    assert_eq!(good.len() as u64, first - 1, "every record before the damage");
+    match &bad[0] {
+        Err(StorageError::Damaged { path, offset, index }) => {
+            assert_eq!((path, *offset, *index), (&sealed, HEADER_SIZE, first))
+        }
+        other => panic!("{:?}", other.as_ref().map(|r| r.header)),
+    }
+    assert!(log.read(first + 1).is_err(), "a read past the damage cannot find its record");
+    assert!(log.read(first - 1).unwrap().is_some());
 }
 
 #[test]
@@ -183,9 +196,9 @@ fn truncation_is_durable_and_new_records_follow() {
     let (log, recovery) = Log::open(dir.path(), SEG).unwrap();
     assert_eq!(recovery.torn, None);
     assert_eq!(log.last_index(), Some(21));
-    assert_eq!(log.read(21).unwrap().payload, p.as_slice());
-    assert_eq!(log.read(21).unwrap().header.term, 2);
-    assert!(log.read(22).is_none());
+    assert_eq!(log.read(21).unwrap().unwrap().payload, p.as_slice());
+    assert_eq!(log.read(21).unwrap().unwrap().header.term, 2);
+    assert!(log.read(22).unwrap().is_none());
 }
 
 #[test]
