@@ -27,6 +27,9 @@ pub enum QueryError {
     /// A statement or COPY over the batch limits of surface.md (SQLSTATE 54000).
     #[error("{0}: split it into smaller statements, or use streaming ingest (`tally ingest`)")]
     TooLarge(String),
+    /// A statement whose expressions nest too deeply to process safely (SQLSTATE 54001).
+    #[error("statement too complex: {0}")]
+    TooComplex(String),
     /// COPY data that is not valid text/CSV for its options (SQLSTATE 22P04).
     #[error("COPY data, line {line}: {message}")]
     BadCopyData { line: usize, message: String },
@@ -55,12 +58,19 @@ impl QueryError {
             QueryError::NotAllowed(_) => "42501",
             QueryError::Refused { sqlstate, .. } => sqlstate,
             QueryError::TooLarge(_) => "54000",
+            QueryError::TooComplex(_) => "54001",
             QueryError::BadCopyData { .. } => "22P04",
             QueryError::NoSavepoint(_) => "3B001",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
             QueryError::DataFusion(e) => datafusion_sqlstate(e),
             QueryError::Arrow(_) => "22000",
+            // Damage at rest: PostgreSQL's data_corrupted. Nothing is answered past it.
+            QueryError::Storage(
+                tally_storage::StorageError::Damaged { .. }
+                | tally_storage::StorageError::Corrupt { .. }
+                | tally_storage::StorageError::SealedChecksum { .. },
+            ) => "XX001",
             QueryError::Storage(_) => "58030",
         }
     }
@@ -75,8 +85,8 @@ impl QueryError {
             RefusalClass::InvalidValue => "22023",
         };
         let value = match r.entry {
-            Some(entry) => format!("entry {} ({})", entry + 1, r.value),
-            None => r.value.clone(),
+            Some(entry) => format!("entry {} ({})", entry + 1, shown(&r.value)),
+            None => shown(&r.value),
         };
         QueryError::Refused {
             row: first_row + r.index,
@@ -99,6 +109,22 @@ impl QueryError {
             other => other,
         }
     }
+}
+
+/// Longest part of a refused value an error message repeats.
+const SHOWN_VALUE_BYTES: usize = 100;
+
+/// A value as an error message shows it: whole when short, else its start and its length (a
+/// refused 20 MB id is not sent back to the client).
+pub(crate) fn shown(value: &str) -> String {
+    if value.len() <= SHOWN_VALUE_BYTES {
+        return value.to_owned();
+    }
+    let mut end = SHOWN_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &value[..end], value.len())
 }
 
 fn find_ours(e: DataFusionError) -> Result<QueryError, DataFusionError> {

@@ -3,6 +3,7 @@
 //! turns rows into events exactly; and the embedded database's `Sql::query`. No network here:
 //! the PostgreSQL wire protocol lives in `server/`.
 
+mod complexity;
 mod copy;
 mod error;
 mod provider;
@@ -10,6 +11,7 @@ mod row;
 mod session;
 pub mod tables;
 
+pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_BYTES};
 pub use copy::{CopyIn, MAX_COPY_BYTES};
 pub use error::QueryError;
 pub use session::{Access, Block, Output, Sql, QUERY_MEMORY_BYTES};

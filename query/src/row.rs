@@ -3,9 +3,12 @@
 //! from text). Values are converted only when exact: a fee of `1001.9` is refused, never
 //! truncated; text is parsed by the contract's grammar, not by generic casts.
 
+use tally_engine::settle::MAX_ENTRIES;
 use tally_engine::{
     Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement,
 };
+
+use crate::error::shown;
 
 /// One value of a written row, as the statement supplied it.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +58,7 @@ pub(crate) fn writable(table: &str) -> Option<(&'static str, &'static [&'static 
 fn describe(cell: Cell) -> String {
     match cell {
         Cell::Null => "NULL".into(),
-        Cell::Text(s) => s.into(),
+        Cell::Text(s) => shown(s),
         Cell::Int(i) => i.to_string(),
         Cell::Float(f) => f.to_string(),
         Cell::Decimal { value, scale } => decimal_text(value, scale),
@@ -210,8 +213,20 @@ fn scores(field: &'static str, cell: Cell) -> Result<Vec<(String, f64)>, FieldEr
     s.split(',')
         .enumerate()
         .map(|(i, entry)| {
-            let entry_error =
-                |what: &str| bad(field, cell, format!("entry {} ({entry:?}) {what}", i + 1));
+            // Stop at the first entry past the limit: a list of millions of entries must
+            // cost no more than the limit to refuse.
+            if i == MAX_ENTRIES {
+                return Err(bad(
+                    field,
+                    cell,
+                    format!(
+                        "more than {MAX_ENTRIES} entries (an inference has at most {MAX_ENTRIES})"
+                    ),
+                ));
+            }
+            let entry_error = |what: &str| {
+                bad(field, cell, format!("entry {} ({:?}) {what}", i + 1, shown(entry)))
+            };
             let (id, score) =
                 entry.rsplit_once(':').ok_or_else(|| entry_error("is not `id:score`"))?;
             if id.is_empty() {

@@ -21,12 +21,13 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Statement, TableObject};
+use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query, SetExpr, Statement, TableObject};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use tally_engine::{Event, MAX_BATCH_EVENTS};
 use tally_storage::{Database, WriteError};
 
+use crate::complexity::check_statement_text;
 use crate::copy::CopyIn;
 use crate::provider::{lsn_bound, LedgerTable, LogStretch, LsnRange, Snapshot, Written};
 use crate::{row, tables, QueryError};
@@ -63,9 +64,12 @@ impl Sql {
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(QUERY_MEMORY_BYTES)))
             .build_arc()?;
-        let config = SessionConfig::new()
+        let mut config = SessionConfig::new()
             .with_information_schema(true)
             .with_default_catalog_and_schema("tally", "public");
+        // Numeric literals keep every digit (as NUMERIC, like PostgreSQL's), so that a fee
+        // of 1001.00000000000001 is seen as written and refused, not read as the double 1001.
+        config.options_mut().sql_parser.parse_float_as_decimal = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         // Schemas come from the builders themselves, so they cannot drift from the data.
         let empty = tally_engine::Ledger::new();
@@ -101,14 +105,19 @@ impl Sql {
         &self.ctx
     }
 
-    /// Parses SQL text with PostgreSQL's dialect.
+    /// Parses SQL text with PostgreSQL's dialect, after checking its size and nesting
+    /// (`complexity.rs`).
     pub fn parse(sql: &str) -> Result<Vec<Statement>, QueryError> {
+        check_statement_text(sql)?;
         Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Sql::parse_error(sql, e))
     }
 
     /// The error for SQL that PostgreSQL's grammar rejects. DataFusion's own statements that
     /// would reach the server's files (`CREATE EXTERNAL TABLE`) are named as not allowed.
     pub fn parse_error(sql: &str, e: ParserError) -> QueryError {
+        if matches!(e, ParserError::RecursionLimitExceeded) {
+            return QueryError::TooComplex("it nests more than 50 levels of parentheses".into());
+        }
         if let Ok(statements) = DFParser::parse_sql(sql) {
             if statements.iter().any(|s| matches!(s, DfStatement::CreateExternalTable(_))) {
                 return QueryError::NotAllowed(
@@ -122,22 +131,20 @@ impl Sql {
     /// Refuses what `access` or the ledger never allows, in surface.md's order: role first,
     /// then append-only, then statements that touch the server's files.
     pub fn check(statement: &Statement, access: Access) -> Result<(), QueryError> {
-        let modifying = match statement {
-            Statement::Insert(_) => Some("INSERT"),
-            Statement::Update { .. } => Some("UPDATE"),
-            Statement::Delete(_) => Some("DELETE"),
-            Statement::Truncate { .. } => Some("TRUNCATE"),
-            Statement::Drop { .. } => Some("DROP"),
-            Statement::Merge { .. } => Some("MERGE"),
-            Statement::Copy { to: false, .. } => Some("COPY FROM"),
-            _ => None,
-        };
-        if let (Some(what), Access::Reader) = (modifying, access) {
+        if let (Some(what), Access::Reader) = (modifying(statement), access) {
             return Err(QueryError::NotAllowed(format!(
                 "{what}: this user's role is reader, which may only read"
             )));
         }
         match statement {
+            Statement::Explain { statement: inner, .. }
+                if explain_analyzes(statement) && modifying(inner).is_some() =>
+            {
+                Err(QueryError::Unsupported(
+                    "EXPLAIN ANALYZE of a write (it would not append anything; run the write)"
+                        .into(),
+                ))
+            }
             Statement::Update { .. } => Err(QueryError::AppendOnly("UPDATE".into())),
             Statement::Delete(_) => Err(QueryError::AppendOnly("DELETE".into())),
             Statement::Truncate { .. } => Err(QueryError::AppendOnly("TRUNCATE".into())),
@@ -358,6 +365,55 @@ impl Sql {
     }
 }
 
+/// The modifying statement `statement` is or carries, by name: itself, the statement an
+/// EXPLAIN describes, or a data-modifying part of a query (`WITH x AS (INSERT …) …`,
+/// `WITH … INSERT …`). Role is checked on this before anything else (surface.md).
+fn modifying(statement: &Statement) -> Option<&'static str> {
+    match statement {
+        Statement::Insert(_) => Some("INSERT"),
+        Statement::Update { .. } => Some("UPDATE"),
+        Statement::Delete(_) => Some("DELETE"),
+        Statement::Truncate { .. } => Some("TRUNCATE"),
+        Statement::Drop { .. } => Some("DROP"),
+        Statement::Merge { .. } => Some("MERGE"),
+        Statement::Copy { to: false, .. } => Some("COPY FROM"),
+        Statement::Explain { statement, .. } => modifying(statement),
+        Statement::Query(q) => query_modifies(q),
+        _ => None,
+    }
+}
+
+fn query_modifies(q: &Query) -> Option<&'static str> {
+    let ctes = q.with.iter().flat_map(|w| &w.cte_tables);
+    ctes.into_iter().find_map(|c| query_modifies(&c.query)).or_else(|| set_modifies(&q.body))
+}
+
+fn set_modifies(s: &SetExpr) -> Option<&'static str> {
+    match s {
+        SetExpr::Insert(st) | SetExpr::Update(st) | SetExpr::Delete(st) | SetExpr::Merge(st) => {
+            modifying(st)
+        }
+        SetExpr::Query(q) => query_modifies(q),
+        SetExpr::SetOperation { left, right, .. } => {
+            set_modifies(left).or_else(|| set_modifies(right))
+        }
+        _ => None,
+    }
+}
+
+/// Whether an EXPLAIN runs its statement (`EXPLAIN ANALYZE`, `EXPLAIN (ANALYZE) …`).
+fn explain_analyzes(statement: &Statement) -> bool {
+    let Statement::Explain { analyze, options, .. } = statement else { return false };
+    *analyze
+        || options.iter().flatten().any(|o| {
+            o.name.value.eq_ignore_ascii_case("analyze")
+                && !o.arg.as_ref().is_some_and(|a| {
+                    let a = a.to_string().to_ascii_lowercase();
+                    a == "false" || a == "off" || a == "0"
+                })
+        })
+}
+
 /// The tables an (optimized) plan reads: for the log's tables the lsn range it keeps, for a
 /// keyed table the keys it asks for (`balances WHERE account = 'x'`).
 fn reads_of(plan: &LogicalPlan) -> Result<BTreeMap<String, Reads>, QueryError> {
@@ -555,6 +611,7 @@ impl QueryError {
 fn write_error(e: WriteError, statements: &[(usize, &'static str)]) -> QueryError {
     match e {
         WriteError::Refused(r) => QueryError::from_refusal(&r, "ledger", 1).renumber(statements),
+        WriteError::TooLarge { .. } => QueryError::TooLarge(e.to_string()),
         other => QueryError::Write(other.to_string()),
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use tally_query::{QueryError, Sql};
+use tally_query::{Access, QueryError, Sql};
 use tally_storage::{Database, Options};
 use tally_workload::{Generator, Shape};
 
@@ -134,6 +134,24 @@ fn what_the_ledger_never_allows_is_refused() {
         assert!(matches!(sql.query_blocking(q), Err(QueryError::NotAllowed(_))), "{q}");
     }
     assert!(!file.exists(), "nothing may write the server's files");
+    // A reader's role is checked first, wherever the write hides.
+    let statements = [
+        "EXPLAIN ANALYZE INSERT INTO datanets VALUES ('x', 'o')",
+        "EXPLAIN (ANALYZE, VERBOSE) INSERT INTO datanets VALUES ('x', 'o')",
+        "EXPLAIN INSERT INTO datanets VALUES ('x', 'o')",
+        "WITH x AS (SELECT 1) INSERT INTO datanets VALUES ('x', 'o')",
+        "WITH x AS (INSERT INTO datanets VALUES ('x', 'o') RETURNING datanet) SELECT * FROM x",
+        "SELECT 1 UNION ALL (WITH y AS (SELECT 2) SELECT 3)",
+        "COPY datanets FROM STDIN",
+    ];
+    for (k, q) in statements.iter().enumerate() {
+        let s = Sql::parse(q).unwrap().remove(0);
+        let reader = Sql::check(&s, Access::Reader).map_err(|e| e.sqlstate());
+        assert_eq!(reader, if k == 5 { Ok(()) } else { Err("42501") }, "{q}");
+    }
+    let analyze = Sql::parse(statements[0]).unwrap().remove(0);
+    assert_eq!(Sql::check(&analyze, Access::Writer).unwrap_err().sqlstate(), "0A000");
+    assert_eq!(sqlstate(sql.query_blocking(statements[0])), "0A000");
     assert!(sql.query_blocking("CREATE TABLE t (x BIGINT)").is_err());
     assert!(sql.query_blocking("SELECT * FROM no_such_table").is_err());
 }
@@ -252,11 +270,40 @@ fn inserts_append_events_exactly_or_refuse_the_whole_statement() {
         (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 5, ''), ('sql-1', '{model}', 'u', 5, '')"), "23505"),
         (format!("INSERT INTO inferences (inference, model, consumer, fee, lsn) VALUES ('sql-3', '{model}', 'u', 5, 7)"), "22023"),
         ("INSERT INTO settlements VALUES (99)".to_string(), "22023"),
+        // Every digit counts: this is not 1001.
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 1001.00000000000001, '')"), "22023"),
+        (format!("INSERT INTO inferences VALUES ('sql-3', '{model}', 'u', 5, '{}')", many_entries(1025)), "22023"),
+        (format!("INSERT INTO datanets VALUES ('{}', 'o')", "d".repeat(20 << 20)), "22023"),
         ("INSERT INTO epochs VALUES (1, 'open', 1, NULL, 0, 0)".to_string(), "25006"),
     ] {
         assert_eq!(sqlstate(sql.query_blocking(&q)), code, "{q}");
     }
     assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM inferences"), inferences + 2);
+    assert_eq!(
+        sql.query_blocking(&format!(
+            "INSERT INTO inferences VALUES ('sql-7', '{model}', 'u', 1001.000, '')"
+        ))
+        .map(|b| col_i64(&b, "count"))
+        .unwrap(),
+        vec![1],
+        "an exact decimal is taken"
+    );
+    // A list of millions of entries is refused at its 1025th, and the message stays short.
+    let huge = sql
+        .query_blocking(&format!(
+            "INSERT INTO inferences VALUES ('sql-8', '{model}', 'u', 5, '{}')",
+            many_entries(2_000_000)
+        ))
+        .unwrap_err();
+    assert_eq!(huge.sqlstate(), "22023");
+    assert!(
+        huge.to_string().contains("more than 1024 entries") && huge.to_string().len() < 1000,
+        "{huge}"
+    );
+    let long_id = sql
+        .query_blocking(&format!("INSERT INTO datanets VALUES ('{}', 'o')", "d".repeat(20 << 20)))
+        .unwrap_err();
+    assert!(long_id.to_string().contains("(20971520 bytes)") && long_id.to_string().len() < 1000);
     match sql.query_blocking(&format!("INSERT INTO inferences VALUES ('sql-5', '{model}', 'u', 5, ''), ('sql-6', '{model}', 'u', 1001.9, '')")) {
         Err(QueryError::Refused { row, field, value, .. }) => {
             assert_eq!((row, field.as_str(), value.as_str()), (2, "fee", "1001.9"));
@@ -270,6 +317,10 @@ fn inserts_append_events_exactly_or_refuse_the_whole_statement() {
         .unwrap();
     let added = col_str(&added, "datanet");
     assert!(added.len() > 1 && added.windows(2).all(|w| w[0] > w[1]), "{added:?}");
+}
+
+fn many_entries(n: usize) -> String {
+    (0..n).map(|k| format!("c{k}:1")).collect::<Vec<_>>().join(",")
 }
 
 #[test]
