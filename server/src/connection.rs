@@ -1,7 +1,11 @@
 //! One client connection's SQL: the simple and extended query protocols and COPY FROM STDIN,
 //! over the shared `Sql`. Owns the connection's session state (its open transaction block,
 //! whether the block failed, a COPY in progress) and maps every error to its SQLSTATE.
-//! Statement time is bounded by the server's limit and by the session's statement_timeout.
+//!
+//! Statements run one at a time and each is answered before the next runs (also inside one
+//! simple-protocol message), rows streamed as they are produced (`rows.rs`). A statement is
+//! bounded by the server's statement time limit and the session's `statement_timeout`, and a
+//! cancel request stops it (`interrupt.rs`) until its write, if any, is handed to the ledger.
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
@@ -10,33 +14,45 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
-use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::sql::sqlparser::ast::{Set, Statement};
-use datafusion_postgres::arrow_pg::datatypes::df::{deserialize_parameters, encode_dataframe};
+use datafusion::sql::sqlparser::ast::Statement;
+use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::QueryHook;
 use futures::{Sink, SinkExt};
-use pgwire::api::copy::CopyHandler;
-use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::copy::{send_copy_in_response, CopyHandler};
+use pgwire::api::portal::{Format, Portal, PortalExecutionState};
+use pgwire::api::query::{
+    send_execution_response, send_partial_query_response, send_query_response,
+    send_ready_for_query, ExtendedQueryHandler, SimpleQueryHandler,
+};
 use pgwire::api::results::{CopyResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::QueryParser;
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type, DEFAULT_NAME};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::extendedquery::Execute;
+use pgwire::messages::response::{EmptyQueryResponse, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
-use tally_query::{Access, Block, CopyIn, Output, QueryError, Sql, MAX_COPY_BYTES};
+use tally_query::{
+    check_statement_text, Access, Block, CopyIn, Output, QueryError, Sql, MAX_COPY_BYTES,
+};
 
+use crate::interrupt::Interrupt;
+use crate::settings::{self, session_duration, STATEMENT_TIMEOUT_KEY};
 use crate::startup::ACCESS_KEY;
 
-/// Set by `SET statement_timeout` (datafusion-postgres's SET hook), in milliseconds.
-const SESSION_TIMEOUT_KEY: &str = "statement_timeout_ms";
+/// Most parameters a statement may have: PostgreSQL's limit (a Bind counts them in 16 bits).
+const MAX_PARAMETERS: usize = 65_535;
+/// A COPY buffer up to this size is kept for the connection's next COPY (a loader COPYs again
+/// and again, and a fresh buffer costs page faults); a larger one is freed.
+const SPARE_COPY_BYTES: usize = 8 << 20;
 
 /// What every connection shares.
 pub(crate) struct Shared {
@@ -52,8 +68,7 @@ struct Session {
     /// A statement in the block failed: everything but COMMIT/ROLLBACK answers 25P02.
     failed: bool,
     copy: Option<CopyState>,
-    /// The last COPY's buffer, kept for the next one: a connection that loads data COPYs again
-    /// and again, and a fresh buffer of that size costs page faults on every statement.
+    /// The last COPY's buffer, kept for the next one when small (`SPARE_COPY_BYTES`).
     spare: Vec<u8>,
 }
 
@@ -80,7 +95,7 @@ pub(crate) struct Parser {
     shared: Arc<Shared>,
 }
 
-fn user_error(code: &str, message: String) -> PgWireError {
+pub(crate) fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
 }
 
@@ -95,7 +110,7 @@ fn outside_block(what: &str) -> PgWireError {
     user_error("25P01", format!("{what} can only be used in transaction blocks"))
 }
 
-fn query_error(e: QueryError) -> PgWireError {
+pub(crate) fn query_error(e: QueryError) -> PgWireError {
     let e = e.unwrap_external();
     user_error(e.sqlstate(), e.to_string())
 }
@@ -107,12 +122,27 @@ fn access<C: ClientInfo + ?Sized>(client: &C) -> Access {
     }
 }
 
+/// Parses statement text, refusing text over the limits of `tally_query::complexity` first.
+fn parse(shared: &Shared, text: &str) -> Result<Vec<Statement>, QueryError> {
+    check_statement_text(text)?;
+    shared.parser.parse(text).map_err(|e| Sql::parse_error(text, e))
+}
+
+/// The statement's parameter types by position (`$1` first). Refused past `MAX_PARAMETERS`
+/// before anything is sized by the highest `$N`.
 fn ordered_parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
     let types = plan.get_parameter_types().map_err(|e| query_error(e.into()))?;
-    let mut ids: Vec<(usize, Option<DataType>)> = types
-        .into_iter()
-        .filter_map(|(id, t)| id.trim_start_matches('$').parse::<usize>().ok().map(|n| (n, t)))
-        .collect();
+    let mut ids: Vec<(usize, Option<DataType>)> = Vec::with_capacity(types.len());
+    for (id, t) in types {
+        let n = id.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
+        if n == 0 || n > MAX_PARAMETERS {
+            return Err(user_error(
+                "54000",
+                format!("parameter {id} is out of range: a statement has at most {MAX_PARAMETERS} parameters ($1 to ${MAX_PARAMETERS})"),
+            ));
+        }
+        ids.push((n, t));
+    }
     ids.sort_by_key(|(n, _)| *n);
     let count = ids.last().map_or(0, |(n, _)| *n);
     let mut out = vec![None; count];
@@ -132,14 +162,27 @@ impl Connection {
         self.session.lock().expect("a session is never poisoned")
     }
 
-    fn timeout<C: ClientInfo + ?Sized>(&self, client: &C) -> Duration {
-        let asked = client
-            .metadata()
-            .get(SESSION_TIMEOUT_KEY)
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(Duration::from_millis);
-        asked.map_or(self.shared.max_statement_time, |a| a.min(self.shared.max_statement_time))
+    /// What ReadyForQuery reports: idle, in a block, or in a failed block.
+    fn transaction_status(&self) -> TransactionStatus {
+        let s = self.session();
+        match (&s.block, s.failed) {
+            (None, _) => TransactionStatus::Idle,
+            (Some(_), false) => TransactionStatus::Transaction,
+            (Some(_), true) => TransactionStatus::Error,
+        }
+    }
+
+    /// After an error inside a transaction block, the block answers 25P02 until it ends.
+    fn fail_block(&self) {
+        let mut s = self.session();
+        if s.block.is_some() {
+            s.failed = true;
+        }
+    }
+
+    fn statement_timeout<C: ClientInfo + ?Sized>(&self, client: &C) -> Duration {
+        let max = self.shared.max_statement_time;
+        session_duration(client, STATEMENT_TIMEOUT_KEY, Some(max)).unwrap_or(max)
     }
 
     /// Runs one statement; on an error inside a transaction block, marks the block failed.
@@ -159,10 +202,7 @@ impl Connection {
     {
         let result = self.execute_inner(client, statement, plan, params, format).await;
         if result.is_err() {
-            let mut s = self.session();
-            if s.block.is_some() {
-                s.failed = true;
-            }
+            self.fail_block();
         }
         result
     }
@@ -182,109 +222,135 @@ impl Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         // Transaction control first: it is what a failed block still answers.
-        match statement {
-            Statement::StartTransaction { .. } => {
-                let mut s = self.session();
-                if s.block.is_none() {
-                    s.block = Some(Block::default());
-                    s.failed = false;
-                }
-                return Ok(Response::TransactionStart(Tag::new("BEGIN")));
-            }
-            Statement::Savepoint { name } => {
-                let mut s = self.session();
-                if s.failed {
-                    return Err(in_failed_block());
-                }
-                let block = s.block.as_mut().ok_or_else(|| outside_block("SAVEPOINT"))?;
-                block.savepoint(&name.value);
-                return Ok(Response::Execution(Tag::new("SAVEPOINT")));
-            }
-            Statement::ReleaseSavepoint { name } => {
-                let mut s = self.session();
-                if s.failed {
-                    return Err(in_failed_block());
-                }
-                let block = s.block.as_mut().ok_or_else(|| outside_block("RELEASE SAVEPOINT"))?;
-                block.release(&name.value).map_err(query_error)?;
-                return Ok(Response::Execution(Tag::new("RELEASE")));
-            }
-            Statement::Rollback { savepoint: Some(name), .. } => {
-                // Also what ends a failed state, as in PostgreSQL.
-                let mut s = self.session();
-                let block =
-                    s.block.as_mut().ok_or_else(|| outside_block("ROLLBACK TO SAVEPOINT"))?;
-                block.rollback_to(&name.value).map_err(query_error)?;
-                s.failed = false;
-                return Ok(Response::Execution(Tag::new("ROLLBACK")));
-            }
-            Statement::Rollback { savepoint: None, .. } => {
-                let mut s = self.session();
-                s.block = None;
-                s.failed = false;
-                return Ok(Response::TransactionEnd(Tag::new("ROLLBACK")));
-            }
-            Statement::Commit { .. } => {
-                let (block, failed) = {
-                    let mut s = self.session();
-                    (s.block.take(), std::mem::take(&mut s.failed))
-                };
-                return match block {
-                    // PostgreSQL answers COMMIT of a failed block with ROLLBACK.
-                    Some(_) if failed => Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))),
-                    Some(block) => {
-                        self.shared.sql.commit(block).await.map_err(query_error)?;
-                        Ok(Response::TransactionEnd(Tag::new("COMMIT")))
-                    }
-                    None => Ok(Response::TransactionEnd(Tag::new("COMMIT"))),
-                };
-            }
-            _ => {}
+        if let Some(response) = self.transaction_control(statement).await {
+            return response;
         }
         if self.session().failed {
             return Err(in_failed_block());
         }
+        if settings::is_setting(statement) {
+            return settings::apply(client, statement).await;
+        }
         match statement {
-            Statement::Set(_) | Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
-                // The DataFusion context is shared by every connection: its settings are the
-                // server's, not a session's.
-                if let Statement::Set(Set::SingleAssignment { variable, .. }) = statement {
-                    if variable.to_string().to_ascii_lowercase().starts_with("datafusion") {
-                        return Err(user_error(
-                            "42501",
-                            format!(
-                                "{variable} is a server setting and cannot be changed by a session"
-                            ),
-                        ));
-                    }
-                }
+            Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
+                // Reads the session's metadata only.
                 let ctx = self.shared.sql.context();
                 if let Some(r) = SetShowHook.handle_simple_query(statement, ctx, client).await {
                     return r;
                 }
-                return Ok(Response::Execution(Tag::new("SET")));
+                return Ok(Response::Execution(Tag::new("SHOW")));
             }
-            Statement::Discard { .. } => {
-                return Ok(Response::Execution(Tag::new("DISCARD ALL")));
-            }
-            Statement::Deallocate { .. } => {
-                return Ok(Response::Execution(Tag::new("DEALLOCATE")));
-            }
+            Statement::Discard { .. } => return Ok(Response::Execution(Tag::new("DISCARD ALL"))),
+            Statement::Deallocate { .. } => return Ok(Response::Execution(Tag::new("DEALLOCATE"))),
             _ => {}
         }
         Sql::check(statement, access(client)).map_err(query_error)?;
         if let Some(copy) = CopyIn::from_statement(statement) {
-            let copy = copy.map_err(query_error)?;
-            let width = copy.width();
-            let mut s = self.session();
-            let mut data = std::mem::take(&mut s.spare);
-            data.clear();
-            s.copy = Some(CopyState { copy, data, too_large: false });
-            return Ok(Response::CopyIn(CopyResponse::new(0, width, futures::stream::empty())));
+            return Ok(self.start_copy(copy.map_err(query_error)?));
         }
-        let limit = self.timeout(client);
+        self.run(client, statement, plan, params, format).await
+    }
+
+    /// BEGIN, SAVEPOINT, RELEASE, ROLLBACK [TO] and COMMIT; `None` for any other statement.
+    async fn transaction_control(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
+        if let Statement::Commit { .. } = statement {
+            return Some(self.commit().await);
+        }
+        let mut s = self.session();
+        let done = |tag: &str| Some(Ok(Response::Execution(Tag::new(tag))));
+        match statement {
+            Statement::StartTransaction { .. } => {
+                if s.block.is_none() {
+                    s.block = Some(Block::default());
+                    s.failed = false;
+                }
+                Some(Ok(Response::TransactionStart(Tag::new("BEGIN"))))
+            }
+            Statement::Savepoint { name } => {
+                if s.failed {
+                    return Some(Err(in_failed_block()));
+                }
+                match s.block.as_mut() {
+                    Some(block) => block.savepoint(&name.value),
+                    None => return Some(Err(outside_block("SAVEPOINT"))),
+                }
+                done("SAVEPOINT")
+            }
+            Statement::ReleaseSavepoint { name } => {
+                if s.failed {
+                    return Some(Err(in_failed_block()));
+                }
+                let Some(block) = s.block.as_mut() else {
+                    return Some(Err(outside_block("RELEASE SAVEPOINT")));
+                };
+                match block.release(&name.value) {
+                    Ok(()) => done("RELEASE"),
+                    Err(e) => Some(Err(query_error(e))),
+                }
+            }
+            Statement::Rollback { savepoint: Some(name), .. } => {
+                // Also what ends a failed state, as in PostgreSQL.
+                let Some(block) = s.block.as_mut() else {
+                    return Some(Err(outside_block("ROLLBACK TO SAVEPOINT")));
+                };
+                if let Err(e) = block.rollback_to(&name.value) {
+                    return Some(Err(query_error(e)));
+                }
+                s.failed = false;
+                done("ROLLBACK")
+            }
+            Statement::Rollback { savepoint: None, .. } => {
+                s.block = None;
+                s.failed = false;
+                Some(Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))))
+            }
+            _ => None,
+        }
+    }
+
+    /// COMMIT: appends the block atomically. Not interruptible.
+    async fn commit(&self) -> PgWireResult<Response> {
+        let (block, failed) = {
+            let mut s = self.session();
+            (s.block.take(), std::mem::take(&mut s.failed))
+        };
+        let end = |tag: &str| Ok(Response::TransactionEnd(Tag::new(tag)));
+        match block {
+            // PostgreSQL answers COMMIT of a failed block with ROLLBACK.
+            Some(_) if failed => end("ROLLBACK"),
+            Some(block) => {
+                self.shared.sql.commit(block).await.map_err(query_error)?;
+                end("COMMIT")
+            }
+            None => end("COMMIT"),
+        }
+    }
+
+    fn start_copy(&self, copy: CopyIn) -> Response {
+        let width = copy.width();
+        let mut s = self.session();
+        let mut data = std::mem::take(&mut s.spare);
+        data.clear();
+        s.copy = Some(CopyState { copy, data, too_large: false });
+        Response::CopyIn(CopyResponse::new(0, width, futures::stream::empty()))
+    }
+
+    /// Plans and runs a query or a write. Until a write is handed to the ledger, the statement
+    /// time limit and a cancel request stop it; a query's rows stream under the same limits.
+    async fn run<C>(
+        &self,
+        client: &mut C,
+        statement: &Statement,
+        plan: Option<LogicalPlan>,
+        params: Option<ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + Send + Sync,
+    {
+        let mut interrupt = Interrupt::start(client, self.statement_timeout(client)).await;
         let sql = &self.shared.sql;
-        let run = async {
+        let work = async {
             let plan = match plan {
                 Some(p) => p,
                 None => sql.plan(statement).await?,
@@ -293,55 +359,111 @@ impl Connection {
                 Some(p) => plan.replace_params_with_values(&p)?,
                 None => plan,
             };
-            match sql.run(plan).await? {
-                Output::Rows(df) => {
-                    let schema = df.schema().inner().clone();
-                    let batches =
-                        df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?;
-                    Ok(Ran::Rows(schema, batches))
-                }
-                Output::Write { table, events } => Ok(Ran::Write(table, events)),
-            }
+            sql.run(plan).await
         };
-        let ran = tokio::time::timeout(limit, run)
-            .await
-            .map_err(|_| {
-                user_error("57014", "canceling statement due to statement timeout".into())
-            })?
-            .map_err(query_error)?;
-        match ran {
-            Ran::Rows(schema, batches) => {
-                let table =
-                    MemTable::try_new(schema, vec![batches]).map_err(|e| query_error(e.into()))?;
-                let df =
-                    sql.context().read_table(Arc::new(table)).map_err(|e| query_error(e.into()))?;
+        let output = interrupt.run(async { work.await.map_err(query_error) }).await?;
+        match output {
+            Output::Rows(df) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                Ok(Response::Query(encode_dataframe(df, format, Some(options)).await?))
+                crate::rows::respond(df, format, options, interrupt).await
             }
-            Ran::Write(table, events) => {
-                let block = self.session().block.take();
-                let n = match block {
-                    Some(mut block) => {
-                        let r = sql.add_to_block(&mut block, table, events);
-                        self.session().block = Some(block);
-                        r
-                    }
-                    None => sql.append(table, events).await,
-                }
-                .map_err(query_error)?;
-                Ok(Response::Execution(Tag::new("INSERT").with_oid(0).with_rows(n as usize)))
-            }
+            Output::Write { table, events } => self.write(table, events).await,
         }
     }
-}
 
-enum Ran {
-    Rows(datafusion::arrow::datatypes::SchemaRef, Vec<datafusion::arrow::array::RecordBatch>),
-    Write(&'static str, Vec<tally_engine::Event>),
+    /// Appends a statement's events, or adds them to the open block. Not interruptible: the
+    /// answer is what happened to the write.
+    async fn write(
+        &self,
+        table: &'static str,
+        events: Vec<tally_engine::Event>,
+    ) -> PgWireResult<Response> {
+        let sql = &self.shared.sql;
+        let block = self.session().block.take();
+        let n = match block {
+            Some(mut block) => {
+                let r = sql.add_to_block(&mut block, table, events);
+                self.session().block = Some(block);
+                r
+            }
+            None => sql.append(table, events).await,
+        }
+        .map_err(query_error)?;
+        Ok(Response::Execution(Tag::new("INSERT").with_oid(0).with_rows(n as usize)))
+    }
+
+    /// Sends one statement's response in the simple protocol; true when it started a COPY.
+    async fn send_simple<C>(&self, client: &mut C, response: Response) -> PgWireResult<bool>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match response {
+            Response::Query(rows) => send_query_response(client, rows, true).await?,
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
+                    .await?
+            }
+            Response::Error(e) => {
+                client.feed(PgWireBackendMessage::ErrorResponse((*e).into())).await?
+            }
+            Response::CopyIn(copy) => {
+                send_copy_in_response(client, copy).await?;
+                client.set_state(PgWireConnectionState::CopyInProgress(false));
+                return Ok(true);
+            }
+            Response::CopyOut(_) | Response::CopyBoth(_) => {
+                return Err(user_error("0A000", "COPY TO STDOUT is not supported".into()))
+            }
+        }
+        Ok(false)
+    }
 }
 
 #[async_trait]
 impl SimpleQueryHandler for Connection {
+    /// Each statement of the message runs and is answered before the next one runs; the
+    /// first error ends the message (the statements before it stand), as in PostgreSQL.
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        match parse(&self.shared, &query.query) {
+            Err(e) => {
+                self.fail_block();
+                let info = ErrorInfo::from(query_error(e));
+                client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+            }
+            Ok(statements) if statements.is_empty() => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
+                    .await?;
+            }
+            Ok(statements) => self.run_statements(client, &statements).await?,
+        }
+        if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            let status = self.transaction_status();
+            client.set_transaction_status(status);
+            send_ready_for_query(client, status).await?;
+        }
+        Ok(())
+    }
+
+    /// pgwire's contract: runs every statement and returns their responses, unsent (the
+    /// server answers through `on_query`, which sends each before running the next).
     async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -349,18 +471,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = match self.shared.parser.parse(query) {
-            Ok(s) => s,
-            Err(e) => {
-                if self.session().block.is_some() {
-                    self.session().failed = true;
-                }
-                return Err(query_error(Sql::parse_error(query, e)));
-            }
-        };
-        if statements.is_empty() {
-            return Ok(vec![Response::EmptyQuery]);
-        }
+        let statements = parse(&self.shared, query).map_err(query_error)?;
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
             match self.execute(client, statement, None, None, &Format::UnifiedText).await {
@@ -372,14 +483,44 @@ impl SimpleQueryHandler for Connection {
                     }
                 }
                 Err(e) => {
-                    // Like PostgreSQL: the statements before the error stand, the rest are
-                    // not run.
                     responses.push(Response::Error(Box::new(e.into())));
                     break;
                 }
             }
         }
         Ok(responses)
+    }
+}
+
+impl Connection {
+    /// The statements of one simple-protocol message, each answered before the next runs.
+    async fn run_statements<C>(&self, client: &mut C, statements: &[Statement]) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        for statement in statements {
+            let sent = match self.execute(client, statement, None, None, &Format::UnifiedText).await
+            {
+                Ok(response) => self.send_simple(client, response).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(false) => {}
+                // A COPY takes over the connection; like pgwire, the rest is not run.
+                Ok(true) => return Ok(()),
+                Err(PgWireError::IoError(e)) => return Err(PgWireError::IoError(e)),
+                Err(e) => {
+                    self.fail_block();
+                    let info = ErrorInfo::from(e);
+                    client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -396,8 +537,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut statements =
-            self.shared.parser.parse(sql).map_err(|e| query_error(Sql::parse_error(sql, e)))?;
+        let mut statements = parse(&self.shared, sql).map_err(query_error)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -417,7 +557,9 @@ impl QueryParser for Parser {
         } else if plannable {
             // Refusals come first, as in the simple protocol.
             Sql::check(&statement, access(client)).map_err(query_error)?;
-            Some(self.shared.sql.plan(&statement).await.map_err(query_error)?)
+            let plan = self.shared.sql.plan(&statement).await.map_err(query_error)?;
+            ordered_parameter_types(&plan)?;
+            Some(plan)
         } else {
             None
         };
@@ -464,6 +606,71 @@ impl ExtendedQueryHandler for Connection {
         self.parser.clone()
     }
 
+    /// As pgwire's, except that rows are streamed from the statement to the client (pgwire
+    /// collects a portal's rows before sending any when `max_rows` is 0), and a portal
+    /// suspended by `max_rows` resumes its stream on the next Execute.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let max_rows = usize::try_from(message.max_rows).unwrap_or(0);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => portal,
+            Some(Entry::Empty) => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
+                    .await?;
+                client.set_state(PgWireConnectionState::ReadyForQuery);
+                return Ok(());
+            }
+            None => return Err(PgWireError::PortalNotFound(name.to_owned())),
+        };
+        let state = portal.state();
+        let started = !matches!(*state.lock().await, PortalExecutionState::Initial);
+        if !started {
+            match ExtendedQueryHandler::do_query(self, client, portal.as_ref(), max_rows).await? {
+                Response::Query(rows) => {
+                    *state.lock().await = PortalExecutionState::Suspended(rows)
+                }
+                other => {
+                    *state.lock().await = PortalExecutionState::Finished;
+                    self.send_extended(client, other).await?;
+                    return Ok(());
+                }
+            }
+        }
+        let mut portal_state = state.lock().await;
+        let sent = match &mut *portal_state {
+            PortalExecutionState::Suspended(rows) => {
+                send_partial_query_response(client, rows, max_rows).await
+            }
+            _ => {
+                let done = Tag::new("SELECT").with_rows(0);
+                client.feed(PgWireBackendMessage::CommandComplete(done.into())).await?;
+                Ok(false)
+            }
+        };
+        if !matches!(sent, Ok(true)) {
+            *portal_state = PortalExecutionState::Finished;
+        }
+        drop(portal_state);
+        if let Err(e) = sent {
+            self.fail_block();
+            return Err(e);
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(self.transaction_status());
+        Ok(())
+    }
+
     async fn do_query<C>(
         &self,
         client: &mut C,
@@ -496,12 +703,51 @@ impl ExtendedQueryHandler for Connection {
             }
             None => None,
         };
-        let is_show = matches!(
-            prepared.statement,
-            Statement::Set(_) | Statement::ShowVariable { .. } | Statement::ShowStatus { .. }
-        );
-        let plan = if is_show { None } else { prepared.plan.clone() };
+        let plan = if settings::is_setting(&prepared.statement)
+            || matches!(
+                prepared.statement,
+                Statement::ShowVariable { .. } | Statement::ShowStatus { .. }
+            ) {
+            None
+        } else {
+            prepared.plan.clone()
+        };
         self.execute(client, &prepared.statement, plan, params, &portal.result_column_format).await
+    }
+}
+
+impl Connection {
+    /// Sends a response that carries no rows to stream, in the extended protocol.
+    async fn send_extended<C>(&self, client: &mut C, response: Response) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match response {
+            Response::Execution(tag)
+            | Response::TransactionStart(tag)
+            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
+            Response::EmptyQuery => {
+                client
+                    .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
+                    .await?
+            }
+            Response::Error(e) => {
+                client.send(PgWireBackendMessage::ErrorResponse((*e).into())).await?
+            }
+            Response::CopyIn(copy) => {
+                client.set_state(PgWireConnectionState::CopyInProgress(true));
+                send_copy_in_response(client, copy).await?;
+                return Ok(());
+            }
+            Response::Query(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
+                return Err(user_error("0A000", "this statement cannot run here".into()))
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        client.set_transaction_status(self.transaction_status());
+        Ok(())
     }
 }
 
@@ -549,7 +795,7 @@ impl CopyHandler for Connection {
         };
         {
             let mut s = self.session();
-            if state.data.capacity() <= MAX_COPY_BYTES {
+            if state.data.capacity() <= SPARE_COPY_BYTES {
                 s.spare = state.data;
             }
             let in_block = block.is_some();

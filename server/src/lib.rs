@@ -6,7 +6,12 @@
 //! development mode (no users configured: loopback only).
 
 mod connection;
+mod frames;
+mod interrupt;
+mod rows;
 mod scram;
+mod settings;
+mod socket;
 mod startup;
 pub mod users;
 
@@ -24,7 +29,7 @@ use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use pgwire::api::cancel::DefaultCancelHandler;
-use pgwire::api::{ConnectionManager, PgWireServerHandlers, RandomPidSecretKeyGenerator};
+use pgwire::api::{ConnectionManager, RandomPidSecretKeyGenerator};
 use tally_query::Sql;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -33,6 +38,8 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{Connection, Shared};
+use crate::socket::Handlers;
+pub use crate::socket::{ConnectionLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT};
 use crate::startup::Startup;
 pub use crate::users::Users;
 
@@ -67,6 +74,8 @@ pub struct ServeOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub statement_timeout: Duration,
+    /// Startup and idle time limits of every connection.
+    pub limits: ConnectionLimits,
 }
 
 impl ServeOptions {
@@ -77,6 +86,7 @@ impl ServeOptions {
             tls: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            limits: ConnectionLimits::default(),
         }
     }
 }
@@ -90,6 +100,8 @@ pub struct Server {
     limit: Arc<Semaphore>,
     connections: Arc<ConnectionManager>,
     pids: Arc<RandomPidSecretKeyGenerator>,
+    mock_key: Arc<[u8; 32]>,
+    limits: ConnectionLimits,
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServerError> {
@@ -357,6 +369,8 @@ impl Server {
             limit: Arc::new(Semaphore::new(options.max_connections)),
             connections: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
+            mock_key: Arc::new(startup::mock_key().map_err(ServerError::Users)?),
+            limits: options.limits,
         })
     }
 
@@ -400,12 +414,13 @@ impl Server {
                     self.users.clone(),
                     self.connections.clone(),
                     self.pids.clone(),
+                    self.mock_key.clone(),
                 )),
                 cancel: Arc::new(DefaultCancelHandler::new(self.connections.clone())),
             };
-            let tls = self.tls.clone();
+            let (tls, limits) = (self.tls.clone(), self.limits);
             tokio::spawn(async move {
-                if let Err(e) = pgwire::tokio::process_socket(socket, tls, handlers).await {
+                if let Err(e) = socket::serve(socket, tls, handlers, limits).await {
                     tracing::debug!(%peer, "connection ended: {e}");
                 }
                 drop(permit);
@@ -439,32 +454,4 @@ fn too_many_connections() -> Vec<u8> {
     message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
     message.extend_from_slice(&body);
     message
-}
-
-struct Handlers {
-    connection: Arc<Connection>,
-    startup: Arc<Startup>,
-    cancel: Arc<DefaultCancelHandler>,
-}
-
-impl PgWireServerHandlers for Handlers {
-    fn simple_query_handler(&self) -> Arc<impl pgwire::api::query::SimpleQueryHandler> {
-        self.connection.clone()
-    }
-
-    fn extended_query_handler(&self) -> Arc<impl pgwire::api::query::ExtendedQueryHandler> {
-        self.connection.clone()
-    }
-
-    fn startup_handler(&self) -> Arc<impl pgwire::api::auth::StartupHandler> {
-        self.startup.clone()
-    }
-
-    fn copy_handler(&self) -> Arc<impl pgwire::api::copy::CopyHandler> {
-        self.connection.clone()
-    }
-
-    fn cancel_handler(&self) -> Arc<impl pgwire::api::cancel::CancelHandler> {
-        self.cancel.clone()
-    }
 }

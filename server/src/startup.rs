@@ -26,8 +26,9 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use ring::rand::{SecureRandom, SystemRandom};
 use tally_query::Access;
 
+use crate::interrupt::CancelHandle;
 use crate::scram::{self, Pending};
-use crate::users::{Users, Verifier};
+use crate::users::{hmac, Users, Verifier};
 
 /// Metadata key holding the connection's role (`reader` or `writer`).
 pub(crate) const ACCESS_KEY: &str = "tally.access";
@@ -53,6 +54,8 @@ pub(crate) struct Startup {
     users: Arc<Users>,
     connections: Arc<ConnectionManager>,
     pids: Arc<RandomPidSecretKeyGenerator>,
+    /// The server's secret for the decoy salts of unknown users.
+    mock_key: Arc<[u8; 32]>,
     state: Mutex<State>,
 }
 
@@ -65,8 +68,9 @@ impl Startup {
         users: Arc<Users>,
         connections: Arc<ConnectionManager>,
         pids: Arc<RandomPidSecretKeyGenerator>,
+        mock_key: Arc<[u8; 32]>,
     ) -> Startup {
-        Startup { users, connections, pids, state: Mutex::new(State::Start) }
+        Startup { users, connections, pids, mock_key, state: Mutex::new(State::Start) }
     }
 
     async fn finish<C>(&self, client: &mut C, access: Access) -> PgWireResult<()>
@@ -84,7 +88,7 @@ impl Startup {
         client.set_pid_and_secret_key(pid, key.clone());
         // Registered so that a CancelRequest with this key reaches the running query.
         let (handle, guard) = self.connections.register(pid, key);
-        client.session_extensions().insert(handle);
+        client.session_extensions().insert(CancelHandle(handle));
         client.session_extensions().insert(guard);
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = SERVER_VERSION.into();
@@ -94,14 +98,23 @@ impl Startup {
 }
 
 /// A verifier for a user that does not exist: the exchange runs to its end either way, so a
-/// client cannot tell unknown users from wrong passwords.
-fn decoy() -> Verifier {
+/// client cannot tell unknown users from wrong passwords. Its salt is derived from the user
+/// name with the server's secret key, as PostgreSQL's mock salt is: the same name always gets
+/// the same salt, different names different ones, like real users.
+fn decoy(mock_key: &[u8; 32], user: &str) -> Verifier {
     Verifier {
         iterations: crate::users::SCRAM_ITERATIONS,
-        salt: vec![0x5a; 16],
+        salt: hmac(mock_key, user.as_bytes())[..16].to_vec(),
         stored_key: [0; 32],
         server_key: [0; 32],
     }
+}
+
+/// A fresh random key for `decoy` salts, one per server process.
+pub(crate) fn mock_key() -> Result<[u8; 32], String> {
+    let mut key = [0u8; 32];
+    SystemRandom::new().fill(&mut key).map_err(|_| "the system random generator failed")?;
+    Ok(key)
 }
 
 fn nonce() -> PgWireResult<String> {
@@ -167,7 +180,8 @@ impl StartupHandler for Startup {
                         let user =
                             client.metadata().get(METADATA_USER).cloned().unwrap_or_default();
                         let known = self.users.get(&user);
-                        let verifier = known.map_or_else(decoy, |u| u.verifier.clone());
+                        let verifier = known
+                            .map_or_else(|| decoy(&self.mock_key, &user), |u| u.verifier.clone());
                         let (first, pending) = scram::on_client_first(&data, &verifier, &nonce()?)
                             .map_err(|why| fatal("08P01", format!("SCRAM: {why}")))?;
                         *self.state.lock().expect("startup state") = State::Challenged {
@@ -211,5 +225,20 @@ impl StartupHandler for Startup {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_users_get_a_stable_salt_of_their_own() {
+        let key = [7u8; 32];
+        let a = decoy(&key, "alice").salt;
+        assert_eq!(a, decoy(&key, "alice").salt);
+        assert_ne!(a, decoy(&key, "bob").salt);
+        assert_ne!(a, decoy(&[8u8; 32], "alice").salt, "another server, another salt");
+        assert_eq!(a.len(), 16);
     }
 }

@@ -176,6 +176,32 @@ impl Users {
         Ok(Users { users })
     }
 
+    /// The users a server accepts. No file at the default place (`named` false) means
+    /// development mode; a file named with `--users` must exist, and any users file must hold
+    /// at least one user: a typo or an empty file never silently drops authentication.
+    pub fn for_server(path: &Path, named: bool) -> Result<Users, ServerError> {
+        if !path.exists() {
+            if named {
+                return Err(ServerError::Users(format!(
+                    "{} does not exist: create it with `tally user add NAME --role ROLE --users {}`, \
+                     or leave out --users for development mode",
+                    path.display(),
+                    path.display()
+                )));
+            }
+            return Ok(Users::default());
+        }
+        let users = Users::load(path)?;
+        if users.is_empty() {
+            return Err(ServerError::Users(format!(
+                "{} holds no users: add one with `tally user add`, or remove the file to run in \
+                 development mode",
+                path.display()
+            )));
+        }
+        Ok(users)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
@@ -247,6 +273,15 @@ mod tests {
         assert_eq!(users.get("bob").unwrap().access, Access::Reader);
         assert!(Users::add(&path, "bad name", "writer", "x").is_err());
         assert!(Users::add(&path, "carol", "admin", "x").is_err());
+        assert_eq!(Users::for_server(&path, true).unwrap().len(), 2);
+        assert_eq!(Users::for_server(&dir.path().join("none"), false).unwrap().len(), 0);
+        assert!(
+            Users::for_server(&dir.path().join("none"), true).is_err(),
+            "a named file must exist"
+        );
+        let empty = dir.path().join("empty");
+        fs::write(&empty, "# nobody\n").unwrap();
+        assert!(Users::for_server(&empty, false).is_err(), "an empty file is not development mode");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_query::Sql;
-use tally_server::{ServeOptions, Server, Users};
+use tally_server::{ConnectionLimits, ServeOptions, Server, Users};
 use tally_storage::Database;
 
 /// `tally serve`'s options.
@@ -43,7 +43,19 @@ pub struct Args {
     /// The longest any statement may run, in seconds.
     #[arg(long = "statement-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_STATEMENT_TIMEOUT.as_secs())]
     pub statement_timeout_s: u64,
+    /// The time a client gets from connecting to being authenticated, in seconds.
+    #[arg(long = "startup-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_STARTUP_TIMEOUT.as_secs())]
+    pub startup_timeout_s: u64,
+    /// The longest a connection may wait for its next message, in seconds (0: no limit); a
+    /// session may ask for less with `SET idle_session_timeout`.
+    #[arg(long = "idle-session-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pub idle_timeout_s: u64,
 }
+
+/// Stack of each server thread. Deep expressions are refused before they are parsed
+/// (tally_query::MAX_EXPRESSION_DEPTH); the walks over what is accepted recurse, and this
+/// leaves them room many times over. Reserved address space, not memory, until touched.
+const THREAD_STACK_BYTES: usize = 16 << 20;
 
 /// The users file of a data directory unless `--users` names another.
 pub fn users_path(data: &Path, users: Option<&PathBuf>) -> PathBuf {
@@ -86,16 +98,24 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
         }
     }
     // Read the users before opening the database: a bad file should fail fast.
-    let users = Users::load(&users_path(&args.data, args.users.as_ref()))?;
+    let users =
+        Users::for_server(&users_path(&args.data, args.users.as_ref()), args.users.is_some())?;
     let db = Arc::new(Database::open(&args.data)?);
     let sql = Sql::new(db.clone())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .enable_all()
+        .build()?;
     let options = ServeOptions {
         listen: args.listen,
         users,
         tls,
         max_connections: args.max_connections,
         statement_timeout: Duration::from_secs(args.statement_timeout_s),
+        limits: ConnectionLimits {
+            startup: Duration::from_secs(args.startup_timeout_s),
+            idle: (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s)),
+        },
     };
     let served = runtime.block_on(async {
         let server = Server::bind(sql, options).await?;
