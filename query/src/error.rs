@@ -63,7 +63,10 @@ impl QueryError {
             QueryError::NoSavepoint(_) => "3B001",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
-            QueryError::DataFusion(e) => datafusion_sqlstate(e),
+            QueryError::DataFusion(e) => match ours_in(e) {
+                Some(ours) => ours.sqlstate(),
+                None => datafusion_sqlstate(e),
+            },
             QueryError::Arrow(_) => "22000",
             // Damage at rest: PostgreSQL's data_corrupted. Nothing is answered past it.
             QueryError::Storage(
@@ -98,6 +101,15 @@ impl QueryError {
         }
     }
 
+    /// The message a client sees: ours when DataFusion carries one of ours (also inside a
+    /// shared error that cannot be unwrapped), without DataFusion's wrapping.
+    pub fn message(&self) -> String {
+        match self {
+            QueryError::DataFusion(e) => ours_in(e).map_or_else(|| e.to_string(), |o| o.message()),
+            other => other.to_string(),
+        }
+    }
+
     /// Unwraps the DataFusion wrappers around one of ours (errors raised inside a sink travel
     /// through DataFusion as `External`).
     pub fn unwrap_external(self) -> QueryError {
@@ -127,11 +139,48 @@ pub(crate) fn shown(value: &str) -> String {
     format!("{}… ({} bytes)", &value[..end], value.len())
 }
 
+/// One of ours inside DataFusion's wrappers, found by reference.
+fn ours_in(e: &DataFusionError) -> Option<&QueryError> {
+    match e {
+        DataFusionError::External(inner) => inner
+            .downcast_ref::<QueryError>()
+            .or_else(|| inner.downcast_ref::<DataFusionError>().and_then(ours_in)),
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            ours_in(inner)
+        }
+        DataFusionError::Shared(inner) => ours_in(inner),
+        DataFusionError::ArrowError(inner, _) => match inner.as_ref() {
+            datafusion::arrow::error::ArrowError::ExternalError(e) => e
+                .downcast_ref::<QueryError>()
+                .or_else(|| e.downcast_ref::<DataFusionError>().and_then(ours_in)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn find_ours(e: DataFusionError) -> Result<QueryError, DataFusionError> {
     match e {
         DataFusionError::External(inner) => match inner.downcast::<QueryError>() {
             Ok(ours) => Ok(ours.unwrap_external()),
-            Err(other) => Err(DataFusionError::External(other)),
+            // Operators that pass errors on may box a DataFusionError once more.
+            Err(other) => match other.downcast::<DataFusionError>() {
+                Ok(df) => find_ours(*df),
+                Err(other) => Err(DataFusionError::External(other)),
+            },
+        },
+        DataFusionError::ArrowError(inner, context) => match *inner {
+            datafusion::arrow::error::ArrowError::ExternalError(e) => {
+                match find_ours(DataFusionError::External(e)) {
+                    Ok(ours) => Ok(ours),
+                    Err(DataFusionError::External(e)) => Err(DataFusionError::ArrowError(
+                        Box::new(datafusion::arrow::error::ArrowError::ExternalError(e)),
+                        context,
+                    )),
+                    Err(other) => Err(other),
+                }
+            }
+            other => Err(DataFusionError::ArrowError(Box::new(other), context)),
         },
         DataFusionError::Context(ctx, inner) => match find_ours(*inner) {
             Ok(ours) => Ok(ours),

@@ -112,7 +112,7 @@ fn outside_block(what: &str) -> PgWireError {
 
 pub(crate) fn query_error(e: QueryError) -> PgWireError {
     let e = e.unwrap_external();
-    user_error(e.sqlstate(), e.to_string())
+    user_error(e.sqlstate(), e.message())
 }
 
 fn access<C: ClientInfo + ?Sized>(client: &C) -> Access {

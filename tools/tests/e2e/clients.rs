@@ -4,149 +4,13 @@
 //! timeout, refusing a taken port or an open address in development mode, a clean SIGTERM.
 //! The clients are installed by `.ci/run`; without them these tests fail saying what is missing.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn script(name: &str) -> PathBuf {
-    repo().join("tests/clients").join(name)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn tally() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-}
-
-/// A running `tally serve`; stopped with SIGTERM (then SIGKILL) when dropped.
-struct Served {
-    child: Child,
-    port: u16,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Served {
-    fn start(data: &Path, extra: &[&str]) -> Served {
-        let port = free_port();
-        let mut child = tally()
-            .args(["serve", "--data"])
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting tally serve");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(120)) {
-                Ok(line) if line.starts_with("tally serving") => break,
-                Ok(_) => continue,
-                Err(_) => panic!("tally serve did not start: {:?}", child.try_wait()),
-            }
-        }
-        Served { child, port, stdout: rx }
-    }
-
-    fn dsn(&self) -> String {
-        format!("host=127.0.0.1 port={} user=tally dbname=tally", self.port)
-    }
-
-    /// SIGTERM, and the process's exit status and remaining output.
-    fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        sigterm(&self.child);
-        let status = wait_for(&mut self.child, Duration::from_secs(30));
-        let rest = self.stdout.try_iter().collect();
-        (status, rest)
-    }
-}
-
-fn sigterm(child: &Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-}
-
-fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            panic!("tally serve did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            sigterm(&self.child);
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {what} ({e}): install the test clients as .ci/run does")
-    });
-    out
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs a client script that ends with "ALL OK" when every check passed.
-fn expect_all_ok(mut cmd: Command, what: &str) {
-    let out = run(&mut cmd, what);
-    let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success() && stdout.contains("ALL OK"),
-        "{what} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-}
-
-fn psql(dsn: &str) -> Command {
-    let mut c = Command::new("psql");
-    c.args(["-X", "-v", "ON_ERROR_STOP=0", dsn]);
-    c
-}
-
-/// psql's output for one command, with SQLSTATEs shown.
-fn psql_c(dsn: &str, commands: &[&str]) -> (String, String) {
-    let mut c = psql(dsn);
-    c.args(["-v", "VERBOSITY=verbose"]);
-    for command in commands {
-        c.args(["-c", command]);
-    }
-    text(&run(&mut c, "psql"))
-}
+use crate::served::{
+    add_test_users, expect_all_ok, free_port, psql, psql_c, run, script, tally, text, Served,
+};
 
 #[test]
 fn psql_psycopg_and_jdbc_against_a_dev_mode_server() {
@@ -233,17 +97,7 @@ fn the_numbers_add_up_and_survive_a_restart() {
 #[test]
 fn users_roles_tls_and_limits() {
     let dir = tempfile::tempdir().unwrap();
-    for (name, role, password) in [("wuser", "writer", "wpass"), ("ruser", "reader", "rpass")] {
-        let mut add = tally()
-            .args(["user", "add", name, "--role", role, "--data"])
-            .arg(dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        writeln!(add.stdin.take().unwrap(), "{password}").unwrap();
-        assert!(add.wait().unwrap().success());
-    }
+    add_test_users(dir.path());
     let users = std::fs::read_to_string(dir.path().join("users")).unwrap();
     assert!(!users.contains("wpass") && users.contains("SCRAM-SHA-256$4096:"), "{users}");
     // TLS with a throwaway self-signed certificate.

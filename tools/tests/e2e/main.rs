@@ -1,0 +1,8 @@
+//! End to end: real `tally serve` processes driven by real clients (psql, psycopg 3, pgjdbc,
+//! SQLAlchemy) and by a raw PostgreSQL wire client for what drivers never send. One test binary,
+//! so that it links once.
+
+mod clients;
+mod hostile;
+mod served;
+mod wire;
