@@ -13,6 +13,7 @@ mod image;
 mod intern;
 pub mod json;
 pub mod merkle;
+mod pending;
 mod prefetch;
 mod read;
 mod replay;
@@ -29,6 +30,7 @@ pub use event::{
     LoggedEvent, Model, Policy, Revocation, ScoredInference, Settlement,
 };
 pub use image::ImageError;
+pub use pending::Pending;
 pub use read::{
     BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutView,
     PolicyView, RevocationView, RewardView, SettlementView,

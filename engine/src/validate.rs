@@ -12,6 +12,7 @@ use crate::event::{Event, EventKind};
 use crate::fingerprint::fingerprint;
 use crate::id::{is_valid_id, parse_content_hash};
 use crate::intern::NameHash;
+use crate::pending::{Pending, Ref};
 use crate::settle::{Bps, BPS_SCALE, MAX_ENTRIES, MAX_FEE};
 use crate::state::{Ledger, MAX_OPEN_ENTRIES};
 use crate::weight::WEIGHT_SCALE;
@@ -84,6 +85,8 @@ impl<'a> Overlay<'a> {
 
 pub(crate) struct Validator<'s, 'a> {
     state: &'s Ledger,
+    /// A transaction block's earlier writes, between the state and this batch.
+    prior: Option<&'s Pending>,
     accounts: Overlay<'a>,
     new_accounts: Vec<&'a str>,
     datanets: Overlay<'a>,
@@ -112,8 +115,18 @@ pub(crate) struct Validator<'s, 'a> {
 
 impl<'s, 'a> Validator<'s, 'a> {
     pub(crate) fn new(state: &'s Ledger) -> Self {
+        Self::after(state, None)
+    }
+
+    /// A validator of a batch that follows `prior` (a transaction block's earlier writes).
+    pub(crate) fn after(state: &'s Ledger, prior: Option<&'s Pending>) -> Self {
+        let (open_epoch, open_entries, total_fees) = match prior {
+            Some(p) => p.counters(state),
+            None => (state.open_epoch(), state.open.entries() as u64, state.total_fees),
+        };
         Validator {
             state,
+            prior,
             accounts: Overlay::new(),
             new_accounts: Vec::new(),
             datanets: Overlay::new(),
@@ -124,9 +137,9 @@ impl<'s, 'a> Validator<'s, 'a> {
             hashes: Map::default(),
             inferences: HashTable::new(),
             revoked: HashSet::default(),
-            open_epoch: state.open_epoch(),
-            open_entries: state.open.entries() as u64,
-            total_fees: state.total_fees,
+            open_epoch,
+            open_entries,
+            total_fees,
             entries: Vec::new(),
             scratch: Vec::new(),
             name_hashes: Vec::new(),
@@ -195,7 +208,9 @@ impl<'s, 'a> Validator<'s, 'a> {
                 }
                 id("owner", &d.owner)?;
                 let owner = self.account(&d.owner);
-                let new_id = (self.state.datanets.len() + self.datanets.names.len()) as u32;
+                let new_id = (self.state.datanets.len()
+                    + self.prior.map_or(0, |p| p.datanets.len())
+                    + self.datanets.names.len()) as u32;
                 self.datanets.names.insert(&d.datanet, new_id);
                 Ok(Op::Datanet { owner })
             }
@@ -225,8 +240,9 @@ impl<'s, 'a> Validator<'s, 'a> {
                     ));
                 }
                 let contributor = self.account(&c.contributor);
-                let new_id =
-                    (self.state.contributions.len() + self.new_contribution_datanet.len()) as u32;
+                let new_id = (self.state.contribution_rows.len()
+                    + self.prior.map_or(0, |p| p.contributions.len())
+                    + self.new_contribution_datanet.len()) as u32;
                 self.contributions.names.insert(&c.contribution, new_id);
                 self.new_contribution_datanet.push(datanet);
                 self.hashes.insert(hash, &c.contribution);
@@ -271,7 +287,9 @@ impl<'s, 'a> Validator<'s, 'a> {
                 lineage.sort_unstable();
                 lineage.dedup();
                 let owner = self.account(&m.owner);
-                let new_id = (self.state.models.len() + self.new_models.len()) as u32;
+                let new_id = (self.state.model_rows.len()
+                    + self.prior.map_or(0, |p| p.models.len())
+                    + self.new_models.len()) as u32;
                 self.models.names.insert(&m.model, new_id);
                 self.new_models.push((base, lineage.clone()));
                 Ok(Op::Model { owner, base, datanets, lineage })
@@ -283,6 +301,9 @@ impl<'s, 'a> Validator<'s, 'a> {
                     return Err(refuse("contribution", &r.contribution, Rule::UnknownContribution));
                 };
                 let already = self.state.revoked.get(c as usize).is_some_and(|&v| v == 1)
+                    || self.prior.is_some_and(|p| {
+                        p.revoked.contains(&Ref::of_id(c, self.state.contribution_rows.len()))
+                    })
                     || self.revoked.contains(&c);
                 if already {
                     return Err(refuse("contribution", &r.contribution, Rule::AlreadyRevoked));
@@ -345,10 +366,13 @@ impl<'s, 'a> Validator<'s, 'a> {
             return Err(refuse("inference", &inf.inference, Rule::BadId));
         }
         let (fp, hashes) = self.next_hashes(inf.attributions.len());
-        let lsn = self.state.last_lsn + 1 + index as u64;
+        let lsn = self.state.last_lsn + 1 + self.prior.map_or(0, |p| p.events) + index as u64;
         if self.state.inference_ids.contains(fp)
             && self.state.confirm_inference(&inf.inference, lsn)
         {
+            return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
+        }
+        if self.prior.is_some_and(|p| p.inferences.contains(inf.inference.as_str())) {
             return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
         }
         if self.inferences.find(fp, |&s| s == inf.inference).is_some() {
@@ -460,12 +484,37 @@ impl<'s, 'a> Validator<'s, 'a> {
     }
 
     fn datanet(&self, name: &str) -> Option<u32> {
-        self.state.datanets.get(name).or_else(|| self.datanets.get(name))
+        self.state
+            .datanets
+            .get(name)
+            .or_else(|| self.prior_id(|p| &p.datanets, name, self.state.datanets.len()))
+            .or_else(|| self.datanets.get(name))
+    }
+
+    /// The id, in this validation's numbering, of a name the prior block created.
+    #[inline]
+    fn prior_id(
+        &self,
+        names: impl Fn(&Pending) -> &HashMap<String, u32, FixedState>,
+        name: &str,
+        ledger_rows: usize,
+    ) -> Option<u32> {
+        let p = self.prior?;
+        names(p).get(name).map(|&k| (ledger_rows + k as usize) as u32)
+    }
+
+    fn prior_count(&self, names: impl Fn(&Pending) -> usize) -> usize {
+        self.prior.map_or(0, names)
     }
 
     #[inline]
     fn contribution(&self, name: &str) -> Option<u32> {
-        self.state.contributions.get(name).or_else(|| self.contributions.get(name))
+        let rows = self.state.contribution_rows.len();
+        self.state
+            .contributions
+            .get(name)
+            .or_else(|| self.prior_id(|p| &p.contributions, name, rows))
+            .or_else(|| self.contributions.get(name))
     }
 
     /// The hot lookup: the datanet comes from the interner's slot, not from the row.
@@ -474,40 +523,92 @@ impl<'s, 'a> Validator<'s, 'a> {
         if let Some(found) = self.state.contributions.get_hashed(name, hash) {
             return Some(found);
         }
+        let rows = self.state.contribution_rows.len();
+        if let Some(c) = self.prior_id(|p| &p.contributions, name, rows) {
+            let p = self.prior.expect("found in it");
+            let datanet = p.contribution_datanets[c as usize - rows].id(self.state.datanets.len());
+            return Some((c, datanet));
+        }
         let c = self.contributions.get(name)?;
-        Some((c, self.new_contribution_datanet[c as usize - self.state.contribution_rows.len()]))
+        let before = rows + self.prior_count(|p| p.contributions.len());
+        Some((c, self.new_contribution_datanet[c as usize - before]))
     }
 
     fn content_owner(&self, hash: &[u8; 32]) -> Option<&str> {
         match self.state.content.get(hash) {
             Some(&c) => Some(self.state.contributions.name(c)),
-            None => self.hashes.get(hash).copied(),
+            None => self
+                .prior
+                .and_then(|p| p.hashes.get(hash).map(String::as_str))
+                .or_else(|| self.hashes.get(hash).copied()),
         }
     }
 
     fn model(&self, name: &str) -> Option<u32> {
-        self.state.models.get(name).or_else(|| self.models.get(name))
+        let rows = self.state.model_rows.len();
+        self.state
+            .models
+            .get(name)
+            .or_else(|| self.prior_id(|p| &p.models, name, rows))
+            .or_else(|| self.models.get(name))
     }
 
-    fn model_base(&self, m: u32) -> Option<u32> {
-        match self.state.model_rows.get(m as usize) {
-            Some(row) => row.base,
-            None => self.new_models[m as usize - self.state.model_rows.len()].0,
+    /// Where model `m` was created: in the ledger, in the prior block (its position there),
+    /// or in this batch (its position among the batch's models).
+    fn model_origin(&self, m: u32) -> Origin {
+        let rows = self.state.model_rows.len();
+        let prior = self.prior_count(|p| p.models.len());
+        match (m as usize).checked_sub(rows) {
+            None => Origin::Ledger(m as usize),
+            Some(k) if k < prior => Origin::Prior(k),
+            Some(k) => Origin::Batch(k - prior),
         }
     }
 
-    /// Borrowed from the state (the common case) or copied from a model of this batch, so that
-    /// it does not hold a borrow of the validator.
+    fn model_base(&self, m: u32) -> Option<u32> {
+        match self.model_origin(m) {
+            Origin::Ledger(row) => self.state.model_rows[row].base,
+            Origin::Prior(k) => {
+                let p = self.prior.expect("a prior model");
+                p.model_rows[k].base.map(|b| b.id(self.state.model_rows.len()))
+            }
+            Origin::Batch(k) => self.new_models[k].0,
+        }
+    }
+
+    /// Borrowed from the state (the common case) or copied from a model of the prior block or
+    /// of this batch, so that it does not hold a borrow of the validator.
     fn model_lineage(&self, m: u32) -> Cow<'s, [u32]> {
         let state: &'s Ledger = self.state;
-        match state.model_rows.get(m as usize) {
-            Some(row) => Cow::Borrowed(&row.lineage),
-            None => Cow::Owned(self.new_models[m as usize - state.model_rows.len()].1.clone()),
+        match self.model_origin(m) {
+            Origin::Ledger(row) => Cow::Borrowed(&state.model_rows[row].lineage),
+            Origin::Prior(k) => {
+                let p = self.prior.expect("a prior model");
+                let rows = state.datanets.len();
+                Cow::Owned(p.model_rows[k].lineage.iter().map(|d| d.id(rows)).collect())
+            }
+            Origin::Batch(k) => Cow::Owned(self.new_models[k].1.clone()),
         }
     }
 }
 
+/// Where a name was created (see `Validator::model_origin`).
+enum Origin {
+    Ledger(usize),
+    Prior(usize),
+    Batch(usize),
+}
+
 impl Ledger {
+    /// Checks a batch that follows a transaction block's earlier writes (`pending`) against
+    /// the current state, without changing the state; when it is accepted, adds it to
+    /// `pending`. Refusal indexes count from the batch's first event.
+    pub fn validate_after(&self, pending: &mut Pending, events: &[Event]) -> Result<(), Refusal> {
+        let plan = Validator::after(self, Some(pending)).plan(events)?;
+        pending.absorb(self, events, &plan);
+        Ok(())
+    }
+
     /// A fingerprint hit: exact when a history is attached, conservatively "duplicate" if not.
     pub(crate) fn confirm_inference(&self, inference: &str, lsn: u64) -> bool {
         match &self.history {

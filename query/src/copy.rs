@@ -482,6 +482,7 @@ mod tests {
     use super::*;
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     use datafusion::sql::sqlparser::parser::Parser;
+    use proptest::prelude::*;
 
     fn copy(sql: &str) -> CopyIn {
         let s = Parser::parse_sql(&PostgreSqlDialect {}, sql).unwrap().remove(0);
@@ -540,6 +541,49 @@ mod tests {
         assert!(matches!(e, QueryError::BadCopyData { line: 1, .. }), "{e:?}");
         let e = c.events(b"i1,m,,10,a:1\n").unwrap_err();
         assert_eq!(e.sqlstate(), "23502");
+    }
+
+    /// A COPY statement with any table and options, within what the grammar takes.
+    fn copy_statement() -> impl Strategy<Value = String> {
+        let table = prop::sample::select(row::WRITABLE.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+        let char_option = prop::sample::select(vec![",", "|", ";", "\"", ":", "x"]);
+        let null = prop::sample::select(vec!["", "\\N", "NULL", ","]);
+        (table, any::<bool>(), any::<bool>(), char_option.clone(), char_option.clone(), char_option, null)
+            .prop_map(|(t, csv, header, d, q, e, n)| {
+                let q = if q == "'" { "''" } else { q };
+                if csv {
+                    format!("COPY {t} FROM STDIN WITH (FORMAT csv, HEADER {header}, DELIMITER '{d}', QUOTE '{q}', ESCAPE '{e}', NULL '{n}')")
+                } else {
+                    format!("COPY {t} FROM STDIN WITH (FORMAT text, DELIMITER '{d}', NULL '{n}')")
+                }
+            })
+    }
+
+    /// COPY data built from the pieces that matter to the parsers, and random text.
+    fn copy_data() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            8 => prop::sample::select(vec![
+                "dn-1", "c1:0.5", "a:b:1e3", "0", "1001.9", "-1", "\t", ",", "\t", "|", ";", "\"",
+                "\"\"", "\\", "\\N", "\\.", "\\x4", "\\101", "\n", "\r\n", "\r", "é", "\u{0}",
+                "NULL", "", "m-base", "1e309", ":",
+            ]).prop_map(|p| p.as_bytes().to_vec()),
+            1 => prop::collection::vec(any::<u8>(), 0..8),
+        ];
+        prop::collection::vec(piece, 0..40).prop_map(|ps| ps.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_config(2000))]
+        #[test]
+        fn fuzz_copy_parser(statement in copy_statement(), data in copy_data()) {
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &statement).unwrap().remove(0);
+            if let Some(Ok(copy)) = CopyIn::from_statement(&parsed) {
+                if let Ok(events) = copy.events(&data) {
+                    let lines = data.iter().filter(|b| **b == b'\n').count() + 1;
+                    proptest::prop_assert!(events.len() <= lines);
+                }
+            }
+        }
     }
 
     #[test]

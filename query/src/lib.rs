@@ -15,3 +15,15 @@ pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_B
 pub use copy::{CopyIn, MAX_COPY_BYTES};
 pub use error::QueryError;
 pub use session::{Access, Block, Output, Sql, QUERY_MEMORY_BYTES};
+
+/// Cases of a fuzz target (the `fuzz_*` tests): `TALLY_FUZZ_CASES` (tests/fuzz.sh runs them
+/// long), else `default`, a few seconds' worth for CI.
+#[cfg(test)]
+pub(crate) fn fuzz_config(default: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("TALLY_FUZZ_CASES").ok().and_then(|v| v.parse().ok());
+    proptest::test_runner::Config {
+        cases: cases.unwrap_or(default),
+        failure_persistence: None,
+        ..Default::default()
+    }
+}

@@ -66,13 +66,19 @@ fn describe(cell: Cell) -> String {
     }
 }
 
+/// `value / 10^scale` as decimal text, by moving the point in the digits (no arithmetic that
+/// could overflow, whatever the scale).
 fn decimal_text(value: i128, scale: i8) -> String {
-    if scale <= 0 {
-        return (value * 10i128.pow(u32::from(scale.unsigned_abs()))).to_string();
-    }
-    let p = 10i128.pow(scale as u32);
     let sign = if value < 0 { "-" } else { "" };
-    format!("{sign}{}.{:0width$}", (value / p).abs(), (value % p).abs(), width = scale as usize)
+    let digits = value.unsigned_abs().to_string();
+    if scale <= 0 {
+        let zeros = if value == 0 { 0 } else { usize::from(scale.unsigned_abs()) };
+        return format!("{sign}{digits}{}", "0".repeat(zeros));
+    }
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{sign}{whole}.{fraction}")
 }
 
 fn bad(field: &'static str, cell: Cell, message: impl Into<String>) -> FieldError {
@@ -120,11 +126,13 @@ fn int(field: &'static str, cell: Cell) -> Result<i64, FieldError> {
         }
         Cell::Float(_) => Err(bad(field, cell, "expected a whole number (BIGINT)")),
         Cell::Decimal { value, scale } => {
-            let exact = if scale <= 0 {
-                value.checked_mul(10i128.pow(u32::from(scale.unsigned_abs())))
-            } else {
-                let p = 10i128.pow(scale as u32);
-                (value % p == 0).then_some(value / p)
+            let power = 10i128.checked_pow(u32::from(scale.unsigned_abs()));
+            let exact = match (scale <= 0, power) {
+                (true, Some(p)) => value.checked_mul(p),
+                (true, None) => (value == 0).then_some(0),
+                (false, Some(p)) => (value % p == 0).then_some(value / p),
+                // 10^scale is beyond i128, so beyond |value|: whole only when zero.
+                (false, None) => (value == 0).then_some(0),
             };
             exact
                 .and_then(|v| i64::try_from(v).ok())
@@ -301,6 +309,76 @@ pub(crate) fn to_event(table: &str, cells: &[Cell], index: usize) -> Result<Even
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A cell as a strategy can own it.
+    #[derive(Debug, Clone)]
+    enum Value {
+        Null,
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Decimal(i128, i8),
+        Other,
+    }
+
+    impl Value {
+        fn cell(&self) -> Cell<'_> {
+            match self {
+                Value::Null => Cell::Null,
+                Value::Text(s) => Cell::Text(s),
+                Value::Int(i) => Cell::Int(*i),
+                Value::Float(f) => Cell::Float(*f),
+                Value::Decimal(value, scale) => Cell::Decimal { value: *value, scale: *scale },
+                Value::Other => Cell::Other("BOOLEAN"),
+            }
+        }
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let text = prop_oneof![
+            prop::sample::select(vec![
+                "",
+                "a",
+                "c1:0.5,c2:1",
+                "a:b:1e3",
+                ",",
+                "d1,,d2",
+                "1e309",
+                "c:1,c:1",
+                "x:-1",
+                ":",
+                "dn-a,dn-b",
+                "12",
+                "-0",
+                "9223372036854775808",
+                "0.0"
+            ])
+            .prop_map(String::from),
+            "[a-z0-9:,.eE+-]{0,24}",
+            any::<String>(),
+        ];
+        prop_oneof![
+            1 => Just(Value::Null),
+            4 => text.prop_map(Value::Text),
+            2 => any::<i64>().prop_map(Value::Int),
+            2 => any::<f64>().prop_map(Value::Float),
+            2 => (any::<i128>(), any::<i8>()).prop_map(|(v, s)| Value::Decimal(v, s)),
+            1 => Just(Value::Other),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz_config(3000))]
+        #[test]
+        fn fuzz_row_to_event(table in 0..WRITABLE.len(), values in prop::collection::vec(value(), MAX_WRITABLE)) {
+            let (table, columns) = WRITABLE[table];
+            let cells: Vec<Cell> = values.iter().take(columns.len()).map(Value::cell).collect();
+            if let Err(e) = to_event(table, &cells, 0) {
+                prop_assert!(columns.contains(&e.field) && e.value.len() < 400, "{e:?}");
+            }
+        }
+    }
 
     #[test]
     fn scores_follow_the_contract_grammar() {
@@ -348,6 +426,18 @@ mod tests {
             int("fee", Cell::Decimal { value: 10019, scale: 1 }).unwrap_err().value,
             "1001.9"
         );
+        // Scales whose powers of ten are beyond i128: refused or exact, never a panic.
+        assert_eq!(
+            int("fee", Cell::Decimal { value: 5, scale: -40 }).unwrap_err().value,
+            "5".to_string() + &"0".repeat(40)
+        );
+        assert_eq!(int("fee", Cell::Decimal { value: 0, scale: -100 }).unwrap(), 0);
+        assert_eq!(
+            int("fee", Cell::Decimal { value: 7, scale: 100 }).unwrap_err().value.len(),
+            102
+        );
+        assert_eq!(decimal_text(-5, 3), "-0.005");
+        assert_eq!(decimal_text(i128::MIN, 2), "-1701411834604692317316873037158841057.28");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query, SetExpr, Statement, TableObject};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use tally_engine::{Event, MAX_BATCH_EVENTS};
+use tally_engine::{Event, Pending, MAX_BATCH_EVENTS};
 use tally_storage::{Database, WriteError};
 
 use crate::complexity::check_statement_text;
@@ -287,6 +287,8 @@ impl Sql {
 
     /// Checks a statement's events inside a transaction block against the ledger plus the
     /// block's earlier writes, and adds them to the block.
+    /// The check takes time linear in the statement, not in the block: the block keeps what
+    /// its earlier writes add (`tally_engine::Pending`).
     pub fn add_to_block(
         &self,
         block: &mut Block,
@@ -299,15 +301,22 @@ impl Sql {
                 "this transaction block writes more than {MAX_BATCH_EVENTS} rows"
             )));
         }
-        let start = block.events.len();
+        self.db.read(|l| {
+            let pending = match &mut block.pending {
+                Some(p) => p,
+                // After ROLLBACK TO SAVEPOINT: rebuilt once from the writes that remain.
+                None => {
+                    let mut p = Pending::default();
+                    l.validate_after(&mut p, &block.events).map_err(|r| {
+                        QueryError::from_refusal(&r, "ledger", 1).renumber(&block.statements)
+                    })?;
+                    block.pending.insert(p)
+                }
+            };
+            l.validate_after(pending, &events).map_err(|r| QueryError::from_refusal(&r, table, 1))
+        })?;
+        block.statements.push((block.events.len(), table));
         block.events.extend(events);
-        let result = self.db.read(|l| l.validate(&block.events));
-        if let Err(r) = result {
-            let starts = block.starts_with(start, table);
-            block.events.truncate(start);
-            return Err(QueryError::from_refusal(&r, table, 1).renumber(&starts));
-        }
-        block.statements.push((start, table));
         Ok(n)
     }
 
@@ -538,6 +547,9 @@ pub struct Block {
     statements: Vec<(usize, &'static str)>,
     /// Open savepoints, oldest first: name, and the block's lengths when it was set.
     savepoints: Vec<(String, usize, usize)>,
+    /// What the writes so far add to the ledger, for checking the next statement; `None`
+    /// until needed, and again after ROLLBACK TO SAVEPOINT.
+    pending: Option<Pending>,
 }
 
 impl Block {
@@ -563,6 +575,7 @@ impl Block {
         let (_, events, statements) = self.savepoints[at];
         self.events.truncate(events);
         self.statements.truncate(statements);
+        self.pending = None;
         self.savepoints.truncate(at + 1);
         Ok(())
     }
@@ -572,12 +585,6 @@ impl Block {
             .iter()
             .rposition(|(n, _, _)| n == name)
             .ok_or_else(|| QueryError::NoSavepoint(name.to_owned()))
-    }
-
-    fn starts_with(&self, start: usize, table: &'static str) -> Vec<(usize, &'static str)> {
-        let mut s = self.statements.clone();
-        s.push((start, table));
-        s
     }
 }
 

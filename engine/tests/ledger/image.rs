@@ -32,8 +32,8 @@ const MODELS: [(&str, &[usize]); 4] =
 /// Builds a ledger from random batches (inferences, revocations, policies, closes, new
 /// contributions and accounts) and returns it with its log. Refused batches are dropped, as
 /// a leader would drop them.
-struct Builder {
-    ledger: Ledger,
+pub(super) struct Builder {
+    pub(super) ledger: Ledger,
     log: Vec<LoggedEvent>,
     rng: Rng,
     contributions: usize,
@@ -132,7 +132,7 @@ impl Builder {
     }
 }
 
-fn random_ledger(seed: u64, batches: usize) -> Builder {
+pub(super) fn random_ledger(seed: u64, batches: usize) -> Builder {
     let mut b = Builder::new(seed);
     b.random_batches(batches);
     b

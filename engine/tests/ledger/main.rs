@@ -1,8 +1,10 @@
 //! Behaviour of the ledger as a user of the engine sees it: the worked example, every refusal
 //! rule, atomicity, the canonical formats, and property tests against an independent model.
 
+mod fuzz;
 mod image;
 mod model;
+mod pending;
 mod props;
 mod shape;
 

@@ -2,5 +2,6 @@
 //! embedded database, and crash (kill -9) rounds.
 
 mod db;
+mod fuzz;
 mod log_faults;
 mod raft_suite;
