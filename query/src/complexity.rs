@@ -24,8 +24,8 @@ pub const MAX_STATEMENT_BYTES: usize = 256 << 20;
 pub const MAX_EXPRESSION_DEPTH: usize = 1_000;
 
 /// Refuses statement text over `MAX_STATEMENT_BYTES` (54000) or whose expressions could nest
-/// deeper than `MAX_EXPRESSION_DEPTH` (54001).
-pub fn check_statement_text(sql: &str) -> Result<(), QueryError> {
+/// deeper than `MAX_EXPRESSION_DEPTH` (54001); returns how deep they could nest.
+pub fn check_statement_text(sql: &str) -> Result<usize, QueryError> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(QueryError::TooLarge(format!(
             "this statement is {} MiB, more than the {} MiB a statement may be",
@@ -40,7 +40,7 @@ pub fn check_statement_text(sql: &str) -> Result<(), QueryError> {
              nests one level per operator); use IN (…) for long lists of alternatives"
         )));
     }
-    Ok(())
+    Ok(depth)
 }
 
 /// The measure described in the module header, stopping early once it passes `limit`.

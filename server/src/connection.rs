@@ -50,6 +50,11 @@ use crate::startup::ACCESS_KEY;
 
 /// Most parameters a statement may have: PostgreSQL's limit (a Bind counts them in 16 bits).
 const MAX_PARAMETERS: usize = 65_535;
+/// Statements whose expressions may nest deeper than this (`tally_query::check_statement_text`)
+/// are planned on a blocking thread, at most one per core at a time: DataFusion's planning time
+/// grows with the square of the depth (1.4 s at the limit, release build, docs/benchmarks.md)
+/// and cannot be interrupted, so it must not hold up the threads that serve every connection.
+const HEAVY_DEPTH: usize = 64;
 /// A COPY buffer up to this size is kept for the connection's next COPY (a loader COPYs again
 /// and again, and a fresh buffer costs page faults); a larger one is freed.
 const SPARE_COPY_BYTES: usize = 8 << 20;
@@ -60,6 +65,8 @@ pub(crate) struct Shared {
     pub parser: PostgresCompatibilityParser,
     /// The most any statement may run, whatever the session asks for.
     pub max_statement_time: Duration,
+    /// Heavy statements planning at once (see `HEAVY_DEPTH`).
+    pub heavy_planning: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Default)]
@@ -83,6 +90,25 @@ struct CopyState {
 pub(crate) struct Prepared {
     statement: Statement,
     plan: Option<LogicalPlan>,
+    heavy: bool,
+}
+
+/// One statement to run: as parsed, maybe already planned (extended protocol), with its
+/// parameters and the format of its result columns.
+struct Job<'a> {
+    statement: &'a Statement,
+    plan: Option<LogicalPlan>,
+    params: Option<ParamValues>,
+    format: &'a Format,
+    /// Its text may nest deeper than `HEAVY_DEPTH`: planned on a blocking thread.
+    heavy: bool,
+}
+
+impl<'a> Job<'a> {
+    /// A statement of the simple protocol (text results, planned when run).
+    fn simple(statement: &'a Statement, heavy: bool) -> Job<'a> {
+        Job { statement, plan: None, params: None, format: &Format::UnifiedText, heavy }
+    }
 }
 
 pub(crate) struct Connection {
@@ -122,10 +148,48 @@ fn access<C: ClientInfo + ?Sized>(client: &C) -> Access {
     }
 }
 
-/// Parses statement text, refusing text over the limits of `tally_query::complexity` first.
-fn parse(shared: &Shared, text: &str) -> Result<Vec<Statement>, QueryError> {
-    check_statement_text(text)?;
-    shared.parser.parse(text).map_err(|e| Sql::parse_error(text, e))
+/// Parses statement text, refusing text over the limits of `tally_query::complexity` first;
+/// also says whether it is heavy to plan (`HEAVY_DEPTH`).
+fn parse(shared: &Shared, text: &str) -> Result<(Vec<Statement>, bool), QueryError> {
+    let depth = check_statement_text(text)?;
+    let statements = shared.parser.parse(text).map_err(|e| Sql::parse_error(text, e))?;
+    Ok((statements, depth > HEAVY_DEPTH))
+}
+
+/// Plans (unless planned already), binds and runs one statement.
+async fn plan_and_run(
+    sql: &Sql,
+    statement: &Statement,
+    plan: Option<LogicalPlan>,
+    params: Option<ParamValues>,
+) -> Result<Output, QueryError> {
+    let plan = match plan {
+        Some(p) => p,
+        None => sql.plan(statement).await?,
+    };
+    let plan = match params {
+        Some(p) => plan.replace_params_with_values(&p)?,
+        None => plan,
+    };
+    sql.run(plan).await
+}
+
+/// Runs a heavy statement's planning on a blocking thread, at most one per core at a time
+/// (`HEAVY_DEPTH`). If the caller stops waiting (timeout, cancel), the work still holds its
+/// permit until it ends, so abandoned work cannot pile up.
+async fn on_blocking_thread<T: Send + 'static>(
+    shared: &Shared,
+    work: impl std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
+) -> PgWireResult<T> {
+    let permit = shared.heavy_planning.clone().acquire_owned().await;
+    let permit = permit.map_err(|_| user_error("57P01", "the server is shutting down".into()))?;
+    let handle = tokio::runtime::Handle::current();
+    let joined = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        handle.block_on(work)
+    })
+    .await;
+    joined.map_err(|e| user_error("XX000", format!("planning failed: {e}")))?.map_err(query_error)
 }
 
 /// The statement's parameter types by position (`$1` first). Refused past `MAX_PARAMETERS`
@@ -186,41 +250,28 @@ impl Connection {
     }
 
     /// Runs one statement; on an error inside a transaction block, marks the block failed.
-    async fn execute<C>(
-        &self,
-        client: &mut C,
-        statement: &Statement,
-        plan: Option<LogicalPlan>,
-        params: Option<ParamValues>,
-        format: &Format,
-    ) -> PgWireResult<Response>
+    async fn execute<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let result = self.execute_inner(client, statement, plan, params, format).await;
+        let result = self.execute_inner(client, job).await;
         if result.is_err() {
             self.fail_block();
         }
         result
     }
 
-    async fn execute_inner<C>(
-        &self,
-        client: &mut C,
-        statement: &Statement,
-        plan: Option<LogicalPlan>,
-        params: Option<ParamValues>,
-        format: &Format,
-    ) -> PgWireResult<Response>
+    async fn execute_inner<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let statement = job.statement;
         // Transaction control first: it is what a failed block still answers.
         if let Some(response) = self.transaction_control(statement).await {
             return response;
@@ -248,7 +299,7 @@ impl Connection {
         if let Some(copy) = CopyIn::from_statement(statement) {
             return Ok(self.start_copy(copy.map_err(query_error)?));
         }
-        self.run(client, statement, plan, params, format).await
+        self.run(client, job).await
     }
 
     /// BEGIN, SAVEPOINT, RELEASE, ROLLBACK [TO] and COMMIT; `None` for any other statement.
@@ -337,31 +388,20 @@ impl Connection {
 
     /// Plans and runs a query or a write. Until a write is handed to the ledger, the statement
     /// time limit and a cancel request stop it; a query's rows stream under the same limits.
-    async fn run<C>(
-        &self,
-        client: &mut C,
-        statement: &Statement,
-        plan: Option<LogicalPlan>,
-        params: Option<ParamValues>,
-        format: &Format,
-    ) -> PgWireResult<Response>
+    async fn run<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
     where
         C: ClientInfo + Send + Sync,
     {
         let mut interrupt = Interrupt::start(client, self.statement_timeout(client)).await;
-        let sql = &self.shared.sql;
-        let work = async {
-            let plan = match plan {
-                Some(p) => p,
-                None => sql.plan(statement).await?,
-            };
-            let plan = match params {
-                Some(p) => plan.replace_params_with_values(&p)?,
-                None => plan,
-            };
-            sql.run(plan).await
+        let Job { statement, plan, params, format, heavy } = job;
+        let output = if heavy {
+            let (sql, statement) = (self.shared.sql.clone(), statement.clone());
+            let work = async move { plan_and_run(&sql, &statement, plan, params).await };
+            interrupt.run(on_blocking_thread(&self.shared, work)).await?
+        } else {
+            let work = plan_and_run(&self.shared.sql, statement, plan, params);
+            interrupt.run(async { work.await.map_err(query_error) }).await?
         };
-        let output = interrupt.run(async { work.await.map_err(query_error) }).await?;
         match output {
             Output::Rows(df) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
@@ -446,12 +486,12 @@ impl SimpleQueryHandler for Connection {
                 let info = ErrorInfo::from(query_error(e));
                 client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
             }
-            Ok(statements) if statements.is_empty() => {
+            Ok((statements, _)) if statements.is_empty() => {
                 client
                     .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
                     .await?;
             }
-            Ok(statements) => self.run_statements(client, &statements).await?,
+            Ok((statements, heavy)) => self.run_statements(client, &statements, heavy).await?,
         }
         if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
             client.set_state(PgWireConnectionState::ReadyForQuery);
@@ -471,10 +511,10 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = parse(&self.shared, query).map_err(query_error)?;
+        let (statements, heavy) = parse(&self.shared, query).map_err(query_error)?;
         let mut responses = Vec::with_capacity(statements.len());
         for statement in &statements {
-            match self.execute(client, statement, None, None, &Format::UnifiedText).await {
+            match self.execute(client, Job::simple(statement, heavy)).await {
                 Ok(r) => {
                     let copying = matches!(r, Response::CopyIn(_));
                     responses.push(r);
@@ -494,7 +534,12 @@ impl SimpleQueryHandler for Connection {
 
 impl Connection {
     /// The statements of one simple-protocol message, each answered before the next runs.
-    async fn run_statements<C>(&self, client: &mut C, statements: &[Statement]) -> PgWireResult<()>
+    async fn run_statements<C>(
+        &self,
+        client: &mut C,
+        statements: &[Statement],
+        heavy: bool,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
@@ -502,8 +547,7 @@ impl Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         for statement in statements {
-            let sent = match self.execute(client, statement, None, None, &Format::UnifiedText).await
-            {
+            let sent = match self.execute(client, Job::simple(statement, heavy)).await {
                 Ok(response) => self.send_simple(client, response).await,
                 Err(e) => Err(e),
             };
@@ -537,7 +581,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let mut statements = parse(&self.shared, sql).map_err(query_error)?;
+        let (mut statements, heavy) = parse(&self.shared, sql).map_err(query_error)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -557,13 +601,18 @@ impl QueryParser for Parser {
         } else if plannable {
             // Refusals come first, as in the simple protocol.
             Sql::check(&statement, access(client)).map_err(query_error)?;
-            let plan = self.shared.sql.plan(&statement).await.map_err(query_error)?;
+            let plan = if heavy {
+                let (sql, statement) = (self.shared.sql.clone(), statement.clone());
+                on_blocking_thread(&self.shared, async move { sql.plan(&statement).await }).await?
+            } else {
+                self.shared.sql.plan(&statement).await.map_err(query_error)?
+            };
             ordered_parameter_types(&plan)?;
             Some(plan)
         } else {
             None
         };
-        Ok(Some(Prepared { statement, plan }))
+        Ok(Some(Prepared { statement, plan, heavy }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -712,7 +761,14 @@ impl ExtendedQueryHandler for Connection {
         } else {
             prepared.plan.clone()
         };
-        self.execute(client, &prepared.statement, plan, params, &portal.result_column_format).await
+        let job = Job {
+            statement: &prepared.statement,
+            plan,
+            params,
+            format: &portal.result_column_format,
+            heavy: prepared.heavy,
+        };
+        self.execute(client, job).await
     }
 }
 

@@ -360,6 +360,9 @@ impl Server {
             sql,
             parser: PostgresCompatibilityParser::new(),
             max_statement_time: options.statement_timeout,
+            heavy_planning: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         });
         Ok(Server {
             listener,

@@ -294,3 +294,30 @@ fn damage_at_rest_is_named_and_salvaged() {
     let r = Wire::connect(served.port).query("SELECT count(*) FROM events");
     assert!(r.errors.is_empty() && !r.rows.is_empty(), "{r:?}");
 }
+
+#[test]
+fn statements_heavy_to_plan_never_hold_up_other_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path(), &[]);
+    // Planning time grows with the square of the depth; these take a while each.
+    let heavy = format!("SELECT 1{} AS n\0", "+1".repeat(599));
+    let mut planning: Vec<Wire> = (0..3).map(|_| Wire::connect(served.port)).collect();
+    for w in &mut planning {
+        w.send(&message(b'Q', heavy.as_bytes()));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Another connection is answered while all of them are still planning.
+    let mut w = Wire::connect(served.port);
+    assert_eq!(w.query("SELECT 7 AS n").rows, [[Some("7".to_string())]]);
+    for p in &planning {
+        p.stream.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let pending = matches!(p.stream.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        assert!(pending, "a heavy statement finished before a simple one on another connection");
+        p.stream.set_nonblocking(false).unwrap();
+    }
+    for mut p in planning {
+        let r = p.read_until_ready();
+        assert_eq!(r.rows, [[Some("600".to_string())]]);
+    }
+}
