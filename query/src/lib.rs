@@ -10,11 +10,13 @@ mod provider;
 mod row;
 mod session;
 pub mod tables;
+mod value_limits;
 
 pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_BYTES};
 pub use copy::{CopyIn, MAX_COPY_BYTES};
 pub use error::QueryError;
 pub use session::{Access, Block, Output, Sql, QUERY_MEMORY_BYTES};
+pub use value_limits::MAX_CALL_OUTPUT_BYTES;
 
 /// Cases of a fuzz target (the `fuzz_*` tests): `TALLY_FUZZ_CASES` (tests/fuzz.sh runs them
 /// long), else `default`, a few seconds' worth for CI.

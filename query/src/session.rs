@@ -71,6 +71,7 @@ impl Sql {
         // of 1001.00000000000001 is seen as written and refused, not read as the double 1001.
         config.options_mut().sql_parser.parse_float_as_decimal = true;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::value_limits::register(&ctx)?;
         // Schemas come from the builders themselves, so they cannot drift from the data.
         let empty = tally_engine::Ledger::new();
         for name in tables::TABLES {

@@ -149,6 +149,18 @@ fn what_the_ledger_never_allows_is_refused() {
         let reader = Sql::check(&s, Access::Reader).map_err(|e| e.sqlstate());
         assert_eq!(reader, if k == 5 { Ok(()) } else { Err("42501") }, "{q}");
     }
+    // Functions whose output can outgrow their input are bounded per call.
+    for q in [
+        "SELECT length(repeat('x', 2000000000))",
+        "SELECT length(lpad('x', 1000000000))",
+        "SELECT length(replace(repeat('a', 20000), 'a', repeat('b', 20000)))",
+        "SELECT cardinality(range(1, 1000000000000))",
+        "SELECT cardinality(array_repeat(1, 500000000))",
+    ] {
+        assert_eq!(sqlstate(sql.query_blocking(q)), "54000", "{q}");
+    }
+    let fine = sql.query_blocking("SELECT CAST(length(repeat('ab', 1000)) AS BIGINT) AS n").unwrap();
+    assert_eq!(col_i64(&fine, "n"), vec![2000]);
     let analyze = Sql::parse(statements[0]).unwrap().remove(0);
     assert_eq!(Sql::check(&analyze, Access::Writer).unwrap_err().sqlstate(), "0A000");
     assert_eq!(sqlstate(sql.query_blocking(statements[0])), "0A000");

@@ -68,6 +68,8 @@ fn hostile_statements_are_refused_and_the_server_stays_up() {
         assert_eq!(w.query(set).codes(), ["42501"], "{set}");
     }
     assert_eq!(w.query("SET statement_timeout = '99999999999999999s'").codes(), ["22023"]);
+    // A value far larger than the statement that asks for it: refused before it is made.
+    assert_eq!(w.query("SELECT length(repeat('x', 2000000000))").codes(), ["54000"]);
     // Values the ledger refuses for their shape: refused before they reach the log.
     let big_list = attributions(3_000_000);
     for insert in [
