@@ -13,19 +13,19 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::compute::kernels::{cast, length};
+use datafusion::arrow::datatypes::FieldRef;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::{DataFusionError, ExprSchema, Result, ScalarValue};
 use datafusion::logical_expr::interval_arithmetic::Interval;
+use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::udf_eq::UdfEq;
-use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
+    ColumnarValue, Documentation, Expr, ExpressionPlacement, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, StructFieldMapping,
 };
-use datafusion::arrow::datatypes::FieldRef;
 use datafusion::prelude::SessionContext;
 
 use crate::QueryError;
@@ -100,7 +100,9 @@ fn lengths(args: &ScalarFunctionArgs, k: usize) -> Result<Vec<u64>> {
     }
     let lens = cast::cast(&length::length(&array)?, &DataType::Int64)?;
     let lens = lens.as_primitive::<Int64Type>();
-    Ok((0..lens.len()).map(|i| if lens.is_null(i) { 0 } else { lens.value(i).max(0) as u64 }).collect())
+    Ok((0..lens.len())
+        .map(|i| if lens.is_null(i) { 0 } else { lens.value(i).max(0) as u64 })
+        .collect())
 }
 
 /// An integer argument, per row (0 for NULL or a value that is not an integer).
@@ -119,7 +121,9 @@ fn backslashes(args: &ScalarFunctionArgs, k: usize) -> Result<Vec<u64>> {
     let count = |s: &str| s.bytes().filter(|b| *b == b'\\').count() as u64;
     Ok(match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().iter().map(|s| s.map_or(0, count)).collect(),
-        DataType::LargeUtf8 => array.as_string::<i64>().iter().map(|s| s.map_or(0, count)).collect(),
+        DataType::LargeUtf8 => {
+            array.as_string::<i64>().iter().map(|s| s.map_or(0, count)).collect()
+        }
         DataType::Utf8View => array.as_string_view().iter().map(|s| s.map_or(0, count)).collect(),
         _ => vec![0; args.number_rows],
     })
@@ -148,7 +152,8 @@ impl Bound {
                     .collect()
             }
             Bound::RegexpReplace => {
-                let (text, rep, refs) = (lengths(args, 0)?, lengths(args, 2)?, backslashes(args, 2)?);
+                let (text, rep, refs) =
+                    (lengths(args, 0)?, lengths(args, 2)?, backslashes(args, 2)?);
                 (0..rows)
                     .map(|i| {
                         let each = rep[i].saturating_add(refs[i].saturating_mul(text[i]));
@@ -307,7 +312,11 @@ mod tests {
             arg_fields: vec![],
             args: values.into_iter().map(ColumnarValue::Scalar).collect(),
             number_rows: rows,
-            return_field: Arc::new(datafusion::arrow::datatypes::Field::new("r", DataType::Utf8, true)),
+            return_field: Arc::new(datafusion::arrow::datatypes::Field::new(
+                "r",
+                DataType::Utf8,
+                true,
+            )),
             config_options: Arc::new(ConfigOptions::default()),
         };
         let text = |s: &str| ScalarValue::Utf8(Some(s.into()));

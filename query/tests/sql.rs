@@ -159,7 +159,8 @@ fn what_the_ledger_never_allows_is_refused() {
     ] {
         assert_eq!(sqlstate(sql.query_blocking(q)), "54000", "{q}");
     }
-    let fine = sql.query_blocking("SELECT CAST(length(repeat('ab', 1000)) AS BIGINT) AS n").unwrap();
+    let fine =
+        sql.query_blocking("SELECT CAST(length(repeat('ab', 1000)) AS BIGINT) AS n").unwrap();
     assert_eq!(col_i64(&fine, "n"), vec![2000]);
     let analyze = Sql::parse(statements[0]).unwrap().remove(0);
     assert_eq!(Sql::check(&analyze, Access::Writer).unwrap_err().sqlstate(), "0A000");

@@ -432,15 +432,22 @@ impl Connection {
         Ok(Response::Execution(Tag::new("INSERT").with_oid(0).with_rows(n as usize)))
     }
 
-    /// Sends one statement's response in the simple protocol; true when it started a COPY.
-    async fn send_simple<C>(&self, client: &mut C, response: Response) -> PgWireResult<bool>
+    /// Sends one statement's response: a simple-protocol query's rows, or what any statement
+    /// answers without rows to stream (the extended protocol streams rows from its portal).
+    /// True when it started a COPY.
+    async fn send_response<C>(
+        &self,
+        client: &mut C,
+        response: Response,
+        extended: bool,
+    ) -> PgWireResult<bool>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         match response {
-            Response::Query(rows) => send_query_response(client, rows, true).await?,
+            Response::Query(rows) if !extended => send_query_response(client, rows, true).await?,
             Response::Execution(tag)
             | Response::TransactionStart(tag)
             | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
@@ -453,11 +460,11 @@ impl Connection {
                 client.feed(PgWireBackendMessage::ErrorResponse((*e).into())).await?
             }
             Response::CopyIn(copy) => {
+                client.set_state(PgWireConnectionState::CopyInProgress(extended));
                 send_copy_in_response(client, copy).await?;
-                client.set_state(PgWireConnectionState::CopyInProgress(false));
                 return Ok(true);
             }
-            Response::CopyOut(_) | Response::CopyBoth(_) => {
+            Response::Query(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
                 return Err(user_error("0A000", "COPY TO STDOUT is not supported".into()))
             }
         }
@@ -548,7 +555,7 @@ impl Connection {
     {
         for statement in statements {
             let sent = match self.execute(client, Job::simple(statement, heavy)).await {
-                Ok(response) => self.send_simple(client, response).await,
+                Ok(response) => self.send_response(client, response, false).await,
                 Err(e) => Err(e),
             };
             match sent {
@@ -691,7 +698,10 @@ impl ExtendedQueryHandler for Connection {
                 }
                 other => {
                     *state.lock().await = PortalExecutionState::Finished;
-                    self.send_extended(client, other).await?;
+                    if !self.send_response(client, other, true).await? {
+                        client.set_state(PgWireConnectionState::ReadyForQuery);
+                        client.set_transaction_status(self.transaction_status());
+                    }
                     return Ok(());
                 }
             }
@@ -769,41 +779,6 @@ impl ExtendedQueryHandler for Connection {
             heavy: prepared.heavy,
         };
         self.execute(client, job).await
-    }
-}
-
-impl Connection {
-    /// Sends a response that carries no rows to stream, in the extended protocol.
-    async fn send_extended<C>(&self, client: &mut C, response: Response) -> PgWireResult<()>
-    where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
-        C::Error: Debug,
-        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
-    {
-        match response {
-            Response::Execution(tag)
-            | Response::TransactionStart(tag)
-            | Response::TransactionEnd(tag) => send_execution_response(client, tag).await?,
-            Response::EmptyQuery => {
-                client
-                    .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
-                    .await?
-            }
-            Response::Error(e) => {
-                client.send(PgWireBackendMessage::ErrorResponse((*e).into())).await?
-            }
-            Response::CopyIn(copy) => {
-                client.set_state(PgWireConnectionState::CopyInProgress(true));
-                send_copy_in_response(client, copy).await?;
-                return Ok(());
-            }
-            Response::Query(_) | Response::CopyOut(_) | Response::CopyBoth(_) => {
-                return Err(user_error("0A000", "this statement cannot run here".into()))
-            }
-        }
-        client.set_state(PgWireConnectionState::ReadyForQuery);
-        client.set_transaction_status(self.transaction_status());
-        Ok(())
     }
 }
 

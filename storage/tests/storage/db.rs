@@ -195,24 +195,8 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
 #[test]
 fn the_background_check_finds_damage_in_sealed_segments() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
-    let db = Database::open_with(dir.path(), options.clone()).unwrap();
-    for k in 0..40 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| {
-                Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "owner".into() })
-            })
-            .collect();
-        db.write(batch).unwrap();
-    }
-    db.close().unwrap();
-    let first = dir.path().join("log").join(tally_storage::segment::file_name(0));
-    let mut bytes = std::fs::read(&first).unwrap();
-    // Flip a byte in the middle of the sealed records (header field 24..32: end of records).
-    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
-    assert!(end > 1024, "the first segment is sealed and holds records");
-    bytes[(64 + end) / 2] ^= 1;
-    std::fs::write(&first, bytes).unwrap();
+    ledger_with_a_flip_in_a_sealed_segment(dir.path());
+    let options = sealed_options();
     let db = Database::open_with(dir.path(), options).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while db.background_problem().is_none() {

@@ -314,7 +314,8 @@ fn statements_heavy_to_plan_never_hold_up_other_connections() {
     for p in &planning {
         p.stream.set_nonblocking(true).unwrap();
         let mut b = [0u8; 1];
-        let pending = matches!(p.stream.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        let pending =
+            matches!(p.stream.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
         assert!(pending, "a heavy statement finished before a simple one on another connection");
         p.stream.set_nonblocking(false).unwrap();
     }
