@@ -12,13 +12,16 @@ use futures::{SinkExt, StreamExt};
 use pgwire::api::{ClientInfo, PgWireConnectionState};
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use pgwire::tokio::server::{negotiate_tls, process_error, process_message};
+use pgwire::tokio::server::{
+    negotiate_tls, process_error, process_message, PgWireMessageServerCodec,
+};
 use pgwire::tokio::TlsAcceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, Prepared};
 use crate::frames::{self, Limited};
 use crate::settings::{session_duration, IDLE_TIMEOUT_KEY};
 use crate::startup::Startup;
@@ -114,16 +117,16 @@ pub(crate) async fn serve(
     }
 }
 
+/// A connection's framed socket over the stream `S`.
+type Socket<S> = Framed<S, PgWireMessageServerCodec<Prepared>>;
+
 async fn dispatch<S>(
-    socket: &mut Framed<
-        S,
-        pgwire::tokio::server::PgWireMessageServerCodec<crate::connection::Prepared>,
-    >,
+    socket: &mut Socket<S>,
     message: PgWireFrontendMessage,
     handlers: &Handlers,
 ) -> Result<(), PgWireError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let extended = match socket.state() {
         PgWireConnectionState::CopyInProgress(extended) => extended,
@@ -146,16 +149,9 @@ where
 }
 
 /// Sends a FATAL error and ends the connection.
-async fn fatal<S>(
-    socket: &mut Framed<
-        S,
-        pgwire::tokio::server::PgWireMessageServerCodec<crate::connection::Prepared>,
-    >,
-    code: &str,
-    message: String,
-) -> Result<(), PgWireError>
+async fn fatal<S>(socket: &mut Socket<S>, code: &str, message: String) -> Result<(), PgWireError>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     tracing::info!(peer = %socket.socket_addr(), "closing connection: {message}");
     let info = ErrorInfo::new("FATAL".into(), code.into(), message);
