@@ -31,7 +31,7 @@ fn main() {
         m.open_inference_array_bytes as f64 / m.open_entries as f64,
     );
     println!(
-        "inference-id fingerprints: {:.2} bytes per past inference",
+        "inference-id fingerprints and their lsns: {:.2} bytes per past inference",
         m.bytes_per_inference_id()
     );
     println!(

@@ -1,6 +1,7 @@
 //! A deterministic SHA-256 digest of the whole state, so that two states (replicas, replay
 //! versus live, CPU versus GPU) are compared cheaply. It covers every number a read table can
-//! show and nothing that depends on allocation or hashing (capacities, probe order, chains).
+//! show, plus each past inference id's fingerprint and lsn, and nothing that depends on
+//! allocation or hashing (capacities, probe order, chains).
 
 use sha2::{Digest, Sha256};
 
@@ -81,9 +82,13 @@ impl Ledger {
                 f.u64(v);
             }
         }
-        let mut fingerprints: Vec<u64> = self.inference_ids.iter().collect();
-        fingerprints.sort_unstable();
-        f.u64s(&fingerprints);
+        // The past inference ids as sorted (fingerprint, lsn) pairs: the lsns are what a
+        // fingerprint hit is confirmed against, so a state that would confirm differently
+        // digests differently.
+        let mut ids: Vec<(u64, u64)> = self.inference_ids.iter().collect();
+        ids.sort_unstable();
+        let ids: Vec<u64> = ids.into_iter().flat_map(|(fp, lsn)| [fp, lsn]).collect();
+        f.u64s(&ids);
         for b in [self.bps.protocol, self.bps.model, self.bps.base] {
             f.u64(u64::from(b));
         }

@@ -111,6 +111,13 @@ pub enum Rule {
     DuplicateModel,
     #[error("this inference id was already used (inference ids are unique over the whole ledger)")]
     DuplicateInference,
+    /// A past inference (at `lsn`) has an id with the same 64-bit fingerprint, and the record
+    /// that would tell the two apart cannot be read: refused rather than accepted on a guess.
+    #[error(
+        "this inference id may already be used: the inference at lsn {lsn} has the same \
+         fingerprint and its log record cannot be read ({reason})"
+    )]
+    UnconfirmedInference { lsn: u64, reason: String },
     #[error("this content was already contributed as contribution {earlier:?}")]
     DuplicateContent { earlier: String },
     #[error("this contribution is already revoked")]
@@ -180,6 +187,7 @@ impl Rule {
             | DuplicateContribution
             | DuplicateModel
             | DuplicateInference
+            | UnconfirmedInference { .. }
             | DuplicateContent { .. }
             | AlreadyRevoked => RefusalClass::Duplicate,
             UnknownDatanet | UnknownModel | UnknownBaseModel | UnknownContribution => {

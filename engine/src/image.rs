@@ -9,7 +9,7 @@
 //! | bytes  | holds |
 //! |---|---|
 //! | 0..8   | magic `TALLYIMG` |
-//! | 8..12  | format version, 1 |
+//! | 8..12  | format version, 2 |
 //! | 12..16 | zero (pads the header to 16-byte alignment) |
 //! | 16..24 | length of the archive in bytes |
 //! | 24..32 | xxh3-64 of the archive |
@@ -44,8 +44,8 @@ use crate::state::{
 use crate::validate::MAX_REASON_BYTES;
 
 const MAGIC: &[u8; 8] = b"TALLYIMG";
-/// Bump on any change to `Image` or to what its fields mean.
-const VERSION: u32 = 1;
+/// Bump on any change to `Image` or to what its fields mean. 2: `fingerprint_lsns`.
+const VERSION: u32 = 2;
 /// Magic, version, zero, archive length, checksum: a multiple of the archive's alignment.
 const HEADER: usize = 32;
 /// The alignment rkyv lays the archive out for.
@@ -203,6 +203,8 @@ struct Image<U64s, U32s, Roles> {
     model_rows: Vec<ModelImage>,
     /// The fingerprint table as it is, so loading it is a copy rather than a rehash.
     fingerprint_slots: U64s,
+    /// Per slot, the lsn of the inference whose fingerprint is there (0 when empty).
+    fingerprint_lsns: U64s,
     fingerprint_len: u64,
     policies: Vec<PolicyImage>,
     revocations: Vec<RevocationImage>,
@@ -260,8 +262,7 @@ impl Ledger {
     }
 
     /// Rebuilds a ledger from `encode_image` bytes, which may sit at any alignment. Never
-    /// panics: anything wrong with the bytes is an `ImageError`. The result has no
-    /// `InferenceHistory` attached; the caller attaches its own (`set_history`).
+    /// panics: anything wrong with the bytes is an `ImageError`.
     pub fn decode_image(bytes: &[u8]) -> Result<Ledger, ImageError> {
         let archive = archive_of(bytes)?;
         let image = if (archive.as_ptr() as usize).is_multiple_of(ALIGN) {
@@ -381,7 +382,7 @@ impl<'a> ImageOut<'a> {
             + revocations
             + 48 * (self.epochs.len() + self.policies.len())
             + closed
-            + 8 * (self.settled.0.len() + self.fingerprint_slots.0.len())
+            + 8 * (self.settled.0.len() + 2 * self.fingerprint_slots.0.len())
             + 32 * o.rewards.0.len()
             + 48 * self.datanet_rows.len()
             + 80 * self.contribution_rows.len()
@@ -439,7 +440,8 @@ impl<'a> ImageOut<'a> {
                     fees: r.fees,
                 })
                 .collect(),
-            fingerprint_slots: Slice(l.inference_ids.slots()),
+            fingerprint_slots: Slice(l.inference_ids.slots().0),
+            fingerprint_lsns: Slice(l.inference_ids.slots().1),
             fingerprint_len: l.inference_ids.len() as u64,
             policies: l
                 .policies
@@ -504,6 +506,7 @@ impl ImageIn {
             models,
             model_rows,
             fingerprint_slots,
+            fingerprint_lsns,
             fingerprint_len,
             policies,
             revocations,
@@ -636,8 +639,13 @@ impl ImageIn {
         }
 
         let fingerprint_len = usize::try_from(fingerprint_len).unwrap_or(usize::MAX);
-        let inference_ids = FingerprintSet::from_slots(fingerprint_slots, fingerprint_len)
-            .map_err(|detail| bad("inference_ids", detail))?;
+        let inference_ids = FingerprintSet::from_slots(
+            fingerprint_slots,
+            fingerprint_lsns,
+            fingerprint_len,
+            last_lsn,
+        )
+        .map_err(|detail| bad("inference_ids", detail))?;
 
         let mut p_rows = Vec::with_capacity(policies.len());
         let mut after = 0;
@@ -702,7 +710,6 @@ impl ImageIn {
             models,
             model_rows: m_rows,
             inference_ids,
-            history: None,
             bps,
             policies: p_rows,
             revocations: r_rows,
@@ -1114,6 +1121,13 @@ mod tests {
             ("inference_ids", |i| i.fingerprint_len += 1),
             ("inference_ids", |i| i.fingerprint_slots.truncate(512)),
             ("inference_ids", |i| i.fingerprint_slots.iter_mut().for_each(|s| *s |= 1)),
+            ("inference_ids", |i| {
+                let used = i.fingerprint_slots.iter().position(|&fp| fp != 0).unwrap();
+                i.fingerprint_lsns[used] = i.last_lsn + 1;
+            }),
+            ("inference_ids", |i| {
+                i.fingerprint_lsns.pop();
+            }),
             ("policies", |i| i.policies[0].lsn = 0),
             ("revocations", |i| {
                 i.revocations.pop();

@@ -8,15 +8,13 @@
 //! arrays (struct of arrays) so batch backends can work on them directly. Closed epochs keep
 //! only their aggregates.
 
-use std::sync::Arc;
-
 use crate::error::{Refusal, ReplayError};
 use crate::event::{Event, LoggedEvent};
 use crate::fingerprint::FingerprintSet;
 use crate::intern::Interner;
 use crate::merkle;
 use crate::settle::{divide_pool, split_fee, BatchSettler, Bps, SettleInput, SettleOutput};
-use crate::validate::{Op, Plan, Validator, LOOKAHEAD};
+use crate::validate::{Confirm, Op, Plan, Validator, LOOKAHEAD};
 
 /// Account id of `$protocol`: interned first, in every ledger.
 pub(crate) const PROTOCOL: u32 = 0;
@@ -47,12 +45,20 @@ impl Role {
     }
 }
 
-/// Whether confirmed duplicates of past inference ids can be told from fingerprint collisions.
-/// The storage layer implements this over the log; without it, a fingerprint hit is refused
-/// as a duplicate (a false refusal has probability about n/2^64 per inference).
-pub trait InferenceHistory: Send + Sync {
-    /// True when an inference with this id was accepted at an lsn below `before`.
-    fn accepted_before(&self, inference: &str, before: u64) -> bool;
+/// The exact answer behind an inference-id fingerprint hit: the ledger keeps only a 64-bit
+/// fingerprint and the lsn of each past inference, so when a new id's fingerprint matches, the
+/// validator asks whether the inference at that lsn has this very id. Storage answers from the
+/// log (`tally_storage::history`). Passed per call (`apply_with_history`,
+/// `validate_with_history`, `validate_after_with_history`), never kept in the ledger.
+///
+/// Without a history (`apply`, `validate`: pure engine use, tests, tools), every hit is
+/// refused as a duplicate; a false refusal then has probability about n/2^64 for an inference
+/// checked against n past ones. Replay (`apply_logged`) needs none: its events were accepted.
+pub trait InferenceHistory {
+    /// Whether the event at `lsn`, an inference this ledger accepted, has id `inference`.
+    /// `Err` (why) when the history cannot tell, e.g. its log record is damaged: the event
+    /// being checked is then refused (`Rule::UnconfirmedInference`), never accepted on a guess.
+    fn is_inference(&self, lsn: u64, inference: &str) -> Result<bool, String>;
 }
 
 /// How inferences are settled as they are applied.
@@ -218,8 +224,8 @@ pub struct Ledger {
     pub(crate) content: hashbrown::HashMap<[u8; 32], u32, foldhash::fast::FixedState>,
     pub(crate) models: Interner,
     pub(crate) model_rows: Vec<ModelRow>,
+    /// Every inference id ever accepted, as (fingerprint, lsn).
     pub(crate) inference_ids: FingerprintSet,
-    pub(crate) history: Option<Arc<dyn InferenceHistory>>,
     pub(crate) bps: Bps,
     pub(crate) policies: Vec<PolicyRow>,
     pub(crate) revocations: Vec<RevocationRow>,
@@ -268,7 +274,6 @@ impl Ledger {
             models: Interner::new(),
             model_rows: Vec::new(),
             inference_ids: FingerprintSet::new(),
-            history: None,
             bps: Bps::DEFAULT,
             policies: Vec::new(),
             revocations: Vec::new(),
@@ -285,11 +290,6 @@ impl Ledger {
         }
     }
 
-    /// Attaches the exact check behind inference-id fingerprints (see `InferenceHistory`).
-    pub fn set_history(&mut self, history: Arc<dyn InferenceHistory>) {
-        self.history = Some(history);
-    }
-
     pub fn last_lsn(&self) -> u64 {
         self.last_lsn
     }
@@ -302,23 +302,55 @@ impl Ledger {
         self.epochs.last().expect("an epoch is always open").epoch
     }
 
-    /// Checks a batch against the current state without changing it.
+    /// Checks a batch against the current state without changing it. Without a history, an
+    /// inference whose id's fingerprint was seen before is refused (see `InferenceHistory`).
     pub fn validate(&self, events: &[Event]) -> Result<(), Refusal> {
-        Validator::new(self).plan(events).map(|_| ())
+        Validator::new(self, Confirm::Conservative).plan(events).map(|_| ())
+    }
+
+    /// As `validate`, settling fingerprint hits exactly through `history`.
+    pub fn validate_with_history(
+        &self,
+        events: &[Event],
+        history: &dyn InferenceHistory,
+    ) -> Result<(), Refusal> {
+        Validator::new(self, Confirm::Exact(history)).plan(events).map(|_| ())
     }
 
     /// Appends a committed batch: validates all of it, then applies all of it, giving its
     /// events the next lsns. `ts` is the leader's stamp; a stamp behind the last one takes the
-    /// last one's. On a refusal nothing changes.
+    /// last one's. On a refusal nothing changes. Without a history, an inference whose id's
+    /// fingerprint was seen before is refused (see `InferenceHistory`).
     pub fn apply(&mut self, events: &[Event], ts: i64) -> Result<Applied, Refusal> {
-        let plan = Validator::new(self).plan(events)?;
+        self.apply_confirmed(events, ts, Confirm::Conservative)
+    }
+
+    /// As `apply`, settling fingerprint hits exactly through `history`.
+    pub fn apply_with_history(
+        &mut self,
+        events: &[Event],
+        ts: i64,
+        history: &dyn InferenceHistory,
+    ) -> Result<Applied, Refusal> {
+        self.apply_confirmed(events, ts, Confirm::Exact(history))
+    }
+
+    fn apply_confirmed(
+        &mut self,
+        events: &[Event],
+        ts: i64,
+        confirm: Confirm<'_>,
+    ) -> Result<Applied, Refusal> {
+        let plan = Validator::new(self, confirm).plan(events)?;
         let first_lsn = self.last_lsn + 1;
         self.apply_plan(events, plan, |_| ts);
         Ok(Applied { first_lsn, last_lsn: self.last_lsn, ts: self.last_ts })
     }
 
     /// Applies logged events that were accepted before (replay, followers): their lsns must
-    /// continue this state's exactly.
+    /// continue this state's exactly. Every rule is checked again except that an inference id
+    /// whose fingerprint was seen before is taken as the collision it was found to be when
+    /// the event was first accepted (repeats inside one call are still found exactly).
     pub fn apply_logged(&mut self, events: &[LoggedEvent]) -> Result<(), ReplayError> {
         let refs: Vec<&LoggedEvent> = events.iter().collect();
         self.apply_logged_refs(&refs)
@@ -332,7 +364,7 @@ impl Ledger {
             }
         }
         let owned: Vec<&Event> = events.iter().map(|e| &e.event).collect();
-        let plan = Validator::new(self).plan_refs(&owned).map_err(|refusal| {
+        let plan = Validator::new(self, Confirm::Trusted).plan_refs(&owned).map_err(|refusal| {
             ReplayError::Refused { lsn: self.last_lsn + 1 + refusal.index as u64, refusal }
         })?;
         self.apply_plan_refs(&owned, plan, |i| events[i].ts);
@@ -413,7 +445,7 @@ impl Ledger {
                         }
                     }
                     self.apply_inference(lsn, inf, model, resolved);
-                    self.inference_ids.insert(fingerprint);
+                    self.inference_ids.insert(fingerprint, lsn);
                 }
                 (Event::Revocation(r), Op::Revocation { contribution }) => {
                     self.apply_revocation(lsn, self.last_ts, r, contribution);
@@ -690,6 +722,7 @@ impl MemoryReport {
             / self.open_entries.max(1) as f64
     }
 
+    /// Bytes of the (fingerprint, lsn) table per past inference: 21.3 to 32 by its load.
     pub fn bytes_per_inference_id(&self) -> f64 {
         self.inference_id_bytes as f64 / self.inference_ids.max(1) as f64
     }

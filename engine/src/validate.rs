@@ -14,7 +14,7 @@ use crate::id::{is_valid_id, parse_content_hash};
 use crate::intern::NameHash;
 use crate::pending::{Pending, Ref};
 use crate::settle::{Bps, BPS_SCALE, MAX_ENTRIES, MAX_FEE};
-use crate::state::{Ledger, MAX_OPEN_ENTRIES};
+use crate::state::{InferenceHistory, Ledger, MAX_OPEN_ENTRIES};
 use crate::weight::WEIGHT_SCALE;
 
 /// Most events in one batch (surface.md: at least 1,000,000 rows).
@@ -83,8 +83,20 @@ impl<'a> Overlay<'a> {
     }
 }
 
+/// How a fingerprint hit on a past inference id is settled (see `InferenceHistory`).
+#[derive(Clone, Copy)]
+pub(crate) enum Confirm<'h> {
+    /// No history: a hit is a duplicate.
+    Conservative,
+    /// The history says whether the inference at each candidate lsn has this very id.
+    Exact(&'h dyn InferenceHistory),
+    /// Logged events (replay): a hit is the collision the exact check found at first apply.
+    Trusted,
+}
+
 pub(crate) struct Validator<'s, 'a> {
     state: &'s Ledger,
+    confirm: Confirm<'s>,
     /// A transaction block's earlier writes, between the state and this batch.
     prior: Option<&'s Pending>,
     accounts: Overlay<'a>,
@@ -114,18 +126,23 @@ pub(crate) struct Validator<'s, 'a> {
 }
 
 impl<'s, 'a> Validator<'s, 'a> {
-    pub(crate) fn new(state: &'s Ledger) -> Self {
-        Self::after(state, None)
+    pub(crate) fn new(state: &'s Ledger, confirm: Confirm<'s>) -> Self {
+        Self::after(state, None, confirm)
     }
 
     /// A validator of a batch that follows `prior` (a transaction block's earlier writes).
-    pub(crate) fn after(state: &'s Ledger, prior: Option<&'s Pending>) -> Self {
+    pub(crate) fn after(
+        state: &'s Ledger,
+        prior: Option<&'s Pending>,
+        confirm: Confirm<'s>,
+    ) -> Self {
         let (open_epoch, open_entries, total_fees) = match prior {
             Some(p) => p.counters(state),
             None => (state.open_epoch(), state.open.entries() as u64, state.total_fees),
         };
         Validator {
             state,
+            confirm,
             prior,
             accounts: Overlay::new(),
             new_accounts: Vec::new(),
@@ -366,11 +383,10 @@ impl<'s, 'a> Validator<'s, 'a> {
             return Err(refuse("inference", &inf.inference, Rule::BadId));
         }
         let (fp, hashes) = self.next_hashes(inf.attributions.len());
-        let lsn = self.state.last_lsn + 1 + self.prior.map_or(0, |p| p.events) + index as u64;
-        if self.state.inference_ids.contains(fp)
-            && self.state.confirm_inference(&inf.inference, lsn)
-        {
-            return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
+        if self.state.inference_ids.contains(fp) {
+            if let Some(rule) = self.past_inference(fp, &inf.inference) {
+                return Err(refuse("inference", &inf.inference, rule));
+            }
         }
         if self.prior.is_some_and(|p| p.inferences.contains(inf.inference.as_str())) {
             return Err(refuse("inference", &inf.inference, Rule::DuplicateInference));
@@ -435,6 +451,26 @@ impl<'s, 'a> Validator<'s, 'a> {
         self.total_fees = total_fees;
         self.open_entries += k as u64;
         Ok(Op::Inference { model, fingerprint: fp })
+    }
+
+    /// Settles a fingerprint hit on past inferences: the rule that refuses `id`, or `None` when
+    /// every candidate is another id. Off the hot path: only duplicates and collisions come
+    /// here, and each candidate costs the history one log read.
+    #[cold]
+    fn past_inference(&self, fp: u64, id: &str) -> Option<Rule> {
+        let history = match self.confirm {
+            Confirm::Conservative => return Some(Rule::DuplicateInference),
+            Confirm::Trusted => return None,
+            Confirm::Exact(history) => history,
+        };
+        for lsn in self.state.inference_ids.lsns_of(fp) {
+            match history.is_inference(lsn, id) {
+                Ok(false) => {}
+                Ok(true) => return Some(Rule::DuplicateInference),
+                Err(reason) => return Some(Rule::UnconfirmedInference { lsn, reason }),
+            }
+        }
+        None
     }
 
     /// This inference's fingerprint and the position of its first name hash; asks for the
@@ -602,18 +638,30 @@ enum Origin {
 impl Ledger {
     /// Checks a batch that follows a transaction block's earlier writes (`pending`) against
     /// the current state, without changing the state; when it is accepted, adds it to
-    /// `pending`. Refusal indexes count from the batch's first event.
+    /// `pending`. Refusal indexes count from the batch's first event. Without a history, an
+    /// inference whose id's fingerprint was seen before is refused (see `InferenceHistory`).
     pub fn validate_after(&self, pending: &mut Pending, events: &[Event]) -> Result<(), Refusal> {
-        let plan = Validator::after(self, Some(pending)).plan(events)?;
-        pending.absorb(self, events, &plan);
-        Ok(())
+        self.validate_pending(pending, events, Confirm::Conservative)
     }
 
-    /// A fingerprint hit: exact when a history is attached, conservatively "duplicate" if not.
-    pub(crate) fn confirm_inference(&self, inference: &str, lsn: u64) -> bool {
-        match &self.history {
-            Some(history) => history.accepted_before(inference, lsn),
-            None => true,
-        }
+    /// As `validate_after`, settling fingerprint hits exactly through `history`.
+    pub fn validate_after_with_history(
+        &self,
+        pending: &mut Pending,
+        events: &[Event],
+        history: &dyn InferenceHistory,
+    ) -> Result<(), Refusal> {
+        self.validate_pending(pending, events, Confirm::Exact(history))
+    }
+
+    fn validate_pending(
+        &self,
+        pending: &mut Pending,
+        events: &[Event],
+        confirm: Confirm<'_>,
+    ) -> Result<(), Refusal> {
+        let plan = Validator::after(self, Some(pending), confirm).plan(events)?;
+        pending.absorb(self, events, &plan);
+        Ok(())
     }
 }

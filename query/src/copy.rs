@@ -163,17 +163,8 @@ impl CopyIn {
                 }
             }
             let index = events.len();
-            let event =
-                row::to_event(self.table, &cells[..self.positions.len()], index).map_err(|e| {
-                    QueryError::Refused {
-                        row: index + 1,
-                        table: self.table,
-                        field: e.field.to_string(),
-                        value: e.value,
-                        message: e.message,
-                        sqlstate: e.sqlstate,
-                    }
-                })?;
+            let event = row::to_event(self.table, &cells[..self.positions.len()], index)
+                .map_err(|e| e.refusal(self.table, index + 1))?;
             events.push(event);
         }
         Ok(events)

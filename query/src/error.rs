@@ -36,6 +36,27 @@ pub enum QueryError {
     /// RELEASE or ROLLBACK TO a savepoint that is not set (SQLSTATE 3B001).
     #[error("savepoint \"{0}\" does not exist")]
     NoSavepoint(String),
+    /// A parameter of a request that is not valid, e.g. a streaming producer's id (22023).
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// A streaming batch that is not its producer's next (SQLSTATE 55000).
+    #[error("{0}")]
+    OutOfOrder(String),
+    /// Any statement but ROLLBACK in a transaction block that failed (SQLSTATE 25P02).
+    #[error("current transaction is aborted, commands ignored until end of transaction block")]
+    InFailedBlock,
+    /// SAVEPOINT, RELEASE or ROLLBACK TO outside a block (SQLSTATE 25P01).
+    #[error("{0} can only be used in transaction blocks")]
+    NoBlock(&'static str),
+    /// The statement was stopped by its time limit or a cancel request (SQLSTATE 57014).
+    #[error("{0}")]
+    Canceled(String),
+    /// The server is shutting down (SQLSTATE 57P01).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A bug: something that cannot happen did (SQLSTATE XX000).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// SQL we do not support (SQLSTATE 0A000).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -61,6 +82,13 @@ impl QueryError {
             QueryError::TooComplex(_) => "54001",
             QueryError::BadCopyData { .. } => "22P04",
             QueryError::NoSavepoint(_) => "3B001",
+            QueryError::InvalidParameter(_) => "22023",
+            QueryError::OutOfOrder(_) => "55000",
+            QueryError::InFailedBlock => "25P02",
+            QueryError::NoBlock(_) => "25P01",
+            QueryError::Canceled(_) => "57014",
+            QueryError::ShuttingDown => "57P01",
+            QueryError::Internal(_) => "XX000",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
             QueryError::DataFusion(e) => match ours_in(e) {

@@ -1,21 +1,33 @@
 //! Tally's SQL layer: DataFusion tables with the names and columns of surface.md, backed by the
 //! engine state and the log; the write path (INSERT, COPY FROM STDIN, transaction blocks) that
-//! turns rows into events exactly; and the embedded database's `Sql::query`. No network here:
-//! the PostgreSQL wire protocol lives in `server/`.
+//! turns rows into events exactly; the session semantics every front end shares (transaction
+//! blocks, the order of checks: `Sql::execute`); what PostgreSQL clients expect of the catalog
+//! (`postgres.rs`); and the embedded database's `Sql::query`. No network here: the PostgreSQL
+//! wire protocol and the Flight endpoint live in `server/`.
 
+mod batch;
 mod complexity;
 mod copy;
 mod error;
+mod execute;
+mod ingest;
+mod postgres;
 mod provider;
 mod row;
 mod session;
 pub mod tables;
+mod transaction;
 mod value_limits;
 
+pub use batch::events_from_batch;
 pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_BYTES};
 pub use copy::{CopyIn, MAX_COPY_BYTES};
 pub use error::QueryError;
-pub use session::{Access, Block, Output, Sql, QUERY_MEMORY_BYTES};
+pub use execute::{Done, Outcome, Request, HEAVY_DEPTH};
+pub use ingest::{DryRun, PendingBatch, MAX_DRY_RUN_ROWS};
+pub use postgres::POSTGRES_VERSION;
+pub use session::{Access, Parsed, Sql, QUERY_MEMORY_BYTES};
+pub use transaction::{Session, Status};
 pub use value_limits::MAX_CALL_OUTPUT_BYTES;
 
 /// Cases of a fuzz target (the `fuzz_*` tests): `TALLY_FUZZ_CASES` (tests/fuzz.sh runs them

@@ -433,7 +433,7 @@ impl DataSink for RowSink {
 }
 
 /// Row `r` of `array` as a `Cell`, without any conversion.
-fn cell(array: &dyn Array, r: usize) -> Cell<'_> {
+pub(crate) fn cell(array: &dyn Array, r: usize) -> Cell<'_> {
     use datafusion::arrow::datatypes as t;
     if array.is_null(r) {
         return Cell::Null;

@@ -35,6 +35,20 @@ pub(crate) struct FieldError {
     pub sqlstate: &'static str,
 }
 
+impl FieldError {
+    /// The refusal of row `row` (1-based) of a write to `table`.
+    pub(crate) fn refusal(self, table: &'static str, row: usize) -> crate::QueryError {
+        crate::QueryError::Refused {
+            row,
+            table,
+            field: self.field.into(),
+            value: self.value,
+            message: self.message,
+            sqlstate: self.sqlstate,
+        }
+    }
+}
+
 /// The tables that take writes, with their writable columns in contract order (the order COPY
 /// without a column list expects). In every table these come first.
 pub(crate) const WRITABLE: &[(&str, &[&str])] = &[

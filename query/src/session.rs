@@ -2,8 +2,8 @@
 //! API. It owns the DataFusion context the tables are registered in (empty providers, see
 //! `provider.rs`); each statement runs in its own session state carrying the data it reads,
 //! copied under one short read lock, so no lock is held while a query runs and ingest is never
-//! stalled by a long scan. Writes come back as events and are appended here, one atomic batch
-//! per statement (or per transaction block at COMMIT).
+//! stalled by a long scan. A write's rows come back as events, which `execute.rs` appends or
+//! adds to the session's transaction block (`transaction.rs`).
 //!
 //! Safety for a server: statements that read or write the server's files or register tables
 //! are refused before planning, DDL is off, and every query has a bounded memory pool.
@@ -11,8 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Int64Array, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -22,10 +20,10 @@ use datafusion::logical_expr::{
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query, SetExpr, Statement, TableObject};
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::{Parser, ParserError};
-use tally_engine::{Event, Pending, MAX_BATCH_EVENTS};
-use tally_storage::{Database, WriteError};
+use datafusion::sql::sqlparser::parser::ParserError;
+use tally_engine::Event;
+use tally_storage::Database;
+use tokio::sync::Semaphore;
 
 use crate::complexity::check_statement_text;
 use crate::copy::CopyIn;
@@ -42,12 +40,19 @@ pub enum Access {
     Writer,
 }
 
-/// What a statement did.
-pub enum Output {
+/// What running a planned statement gave.
+pub(crate) enum Output {
     /// A query's rows, ready to run (lazily) against its own snapshot.
     Rows(DataFrame),
-    /// A write's rows as events, not yet appended: `Sql::append` or a `Block` takes them.
+    /// A write's rows as events, not yet appended (`Sql::write` takes them).
     Write { table: &'static str, events: Vec<Event> },
+}
+
+/// SQL text parsed into statements.
+pub struct Parsed {
+    pub statements: Vec<Statement>,
+    /// Its expressions nest deeper than `HEAVY_DEPTH`: planned on a blocking thread.
+    pub heavy: bool,
 }
 
 /// SQL access to a database.
@@ -57,6 +62,8 @@ pub struct Sql {
     ctx: SessionContext,
     /// Lsns per chunk when the log's tables are streamed.
     log_chunk: u64,
+    /// Heavy statements planning at once (`execute::HEAVY_DEPTH`): one per core.
+    heavy_planning: Arc<Semaphore>,
 }
 
 impl Sql {
@@ -85,7 +92,9 @@ impl Sql {
             let schema = b.expect("asked for").schema();
             ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
         }
-        Ok(Sql { db, ctx, log_chunk: crate::provider::LOG_CHUNK_LSNS })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let heavy_planning = Arc::new(Semaphore::new(cores));
+        Ok(Sql { db, ctx, log_chunk: crate::provider::LOG_CHUNK_LSNS, heavy_planning })
     }
 
     /// Reads the log's tables in chunks of `lsns` (default 65,536): smaller chunks use less
@@ -106,11 +115,17 @@ impl Sql {
         &self.ctx
     }
 
-    /// Parses SQL text with PostgreSQL's dialect, after checking its size and nesting
-    /// (`complexity.rs`).
-    pub fn parse(sql: &str) -> Result<Vec<Statement>, QueryError> {
-        check_statement_text(sql)?;
-        Parser::parse_sql(&PostgreSqlDialect {}, sql).map_err(|e| Sql::parse_error(sql, e))
+    pub(crate) fn heavy_planning(&self) -> &Arc<Semaphore> {
+        &self.heavy_planning
+    }
+
+    /// Parses SQL text with PostgreSQL's dialect and the rewrites PostgreSQL clients need
+    /// (`postgres.rs`), after checking its size and nesting (`complexity.rs`).
+    pub fn parse(sql: &str) -> Result<Parsed, QueryError> {
+        let depth = check_statement_text(sql)?;
+        let statements =
+            crate::postgres::parser().parse(sql).map_err(|e| Sql::parse_error(sql, e))?;
+        Ok(Parsed { statements, heavy: depth > crate::execute::HEAVY_DEPTH })
     }
 
     /// The error for SQL that PostgreSQL's grammar rejects. DataFusion's own statements that
@@ -208,7 +223,7 @@ impl Sql {
     }
 
     /// Runs a planned statement against a snapshot of the tables it reads.
-    pub async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
+    pub(crate) async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
         // Optimized first, so that filters sit in the scans they were pushed down to.
         let plan = self.ctx.state().optimize(&uncast_insert(plan)?)?;
         let names = reads_of(&plan)?;
@@ -274,104 +289,6 @@ impl Sql {
             }
         }
         Ok(snapshot)
-    }
-
-    /// Appends one statement's events as one atomic batch; returns the rows appended.
-    pub async fn append(&self, table: &'static str, events: Vec<Event>) -> Result<u64, QueryError> {
-        let n = events.len() as u64;
-        if events.is_empty() {
-            return Ok(0);
-        }
-        self.db.write_async(events).await.map_err(|e| write_error(e, &[(0, table)]))?;
-        Ok(n)
-    }
-
-    /// Checks a statement's events inside a transaction block against the ledger plus the
-    /// block's earlier writes, and adds them to the block.
-    /// The check takes time linear in the statement, not in the block: the block keeps what
-    /// its earlier writes add (`tally_engine::Pending`).
-    pub fn add_to_block(
-        &self,
-        block: &mut Block,
-        table: &'static str,
-        events: Vec<Event>,
-    ) -> Result<u64, QueryError> {
-        let n = events.len() as u64;
-        if block.events.len() + events.len() > MAX_BATCH_EVENTS {
-            return Err(QueryError::TooLarge(format!(
-                "this transaction block writes more than {MAX_BATCH_EVENTS} rows"
-            )));
-        }
-        self.db.read(|l| {
-            let pending = match &mut block.pending {
-                Some(p) => p,
-                // After ROLLBACK TO SAVEPOINT: rebuilt once from the writes that remain.
-                None => {
-                    let mut p = Pending::default();
-                    l.validate_after(&mut p, &block.events).map_err(|r| {
-                        QueryError::from_refusal(&r, "ledger", 1).renumber(&block.statements)
-                    })?;
-                    block.pending.insert(p)
-                }
-            };
-            l.validate_after(pending, &events).map_err(|r| QueryError::from_refusal(&r, table, 1))
-        })?;
-        block.statements.push((block.events.len(), table));
-        block.events.extend(events);
-        Ok(n)
-    }
-
-    /// Appends a transaction block atomically (validated again, against the ledger as it is
-    /// now).
-    pub async fn commit(&self, block: Block) -> Result<u64, QueryError> {
-        let n = block.events.len() as u64;
-        if block.events.is_empty() {
-            return Ok(0);
-        }
-        self.db.write_async(block.events).await.map_err(|e| write_error(e, &block.statements))?;
-        Ok(n)
-    }
-
-    /// Parses a COPY's data and appends it as one atomic batch (or adds it to `block`).
-    pub async fn copy_in(
-        &self,
-        copy: &CopyIn,
-        data: &[u8],
-        block: Option<&mut Block>,
-    ) -> Result<u64, QueryError> {
-        let events = copy.events(data)?;
-        match block {
-            Some(block) => self.add_to_block(block, copy.table(), events),
-            None => self.append(copy.table(), events).await,
-        }
-    }
-
-    /// Runs SQL text for the embedded API, one statement after another, each appended on its
-    /// own; returns the last statement's rows (a write returns one `count` row).
-    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let statements = Sql::parse(sql)?;
-        let mut last = Vec::new();
-        for statement in &statements {
-            Sql::check(statement, Access::Writer)?;
-            if matches!(statement, Statement::Copy { .. }) {
-                return Err(QueryError::Unsupported(
-                    "COPY FROM STDIN needs data: use Sql::copy_in".into(),
-                ));
-            }
-            let plan = self.plan(statement).await?;
-            last = match self.run(plan).await? {
-                Output::Rows(df) => {
-                    df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?
-                }
-                Output::Write { table, events } => count_batch(self.append(table, events).await?)?,
-            };
-        }
-        Ok(last)
-    }
-
-    /// `query` for callers without an async runtime.
-    pub fn query_blocking(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        self.db.runtime().block_on(self.query(sql))
     }
 }
 
@@ -540,95 +457,6 @@ fn key_filter(table: &str, filters: &[Expr]) -> Option<BTreeSet<String>> {
     keys
 }
 
-/// Writes held back by `BEGIN` until `COMMIT`.
-#[derive(Debug, Default)]
-pub struct Block {
-    events: Vec<Event>,
-    /// Where each statement's events start, and their table.
-    statements: Vec<(usize, &'static str)>,
-    /// Open savepoints, oldest first: name, and the block's lengths when it was set.
-    savepoints: Vec<(String, usize, usize)>,
-    /// What the writes so far add to the ledger, for checking the next statement; `None`
-    /// until needed, and again after ROLLBACK TO SAVEPOINT.
-    pending: Option<Pending>,
-}
-
-impl Block {
-    pub fn rows(&self) -> usize {
-        self.events.len()
-    }
-
-    /// `SAVEPOINT name`: marks the writes so far (a name may be reused; the newest wins).
-    pub fn savepoint(&mut self, name: &str) {
-        self.savepoints.push((name.to_owned(), self.events.len(), self.statements.len()));
-    }
-
-    /// `RELEASE SAVEPOINT name`: forgets it and every later savepoint, keeps the writes.
-    pub fn release(&mut self, name: &str) -> Result<(), QueryError> {
-        let at = self.find(name)?;
-        self.savepoints.truncate(at);
-        Ok(())
-    }
-
-    /// `ROLLBACK TO SAVEPOINT name`: discards the writes made since; the savepoint stays.
-    pub fn rollback_to(&mut self, name: &str) -> Result<(), QueryError> {
-        let at = self.find(name)?;
-        let (_, events, statements) = self.savepoints[at];
-        self.events.truncate(events);
-        self.statements.truncate(statements);
-        self.pending = None;
-        self.savepoints.truncate(at + 1);
-        Ok(())
-    }
-
-    fn find(&self, name: &str) -> Result<usize, QueryError> {
-        self.savepoints
-            .iter()
-            .rposition(|(n, _, _)| n == name)
-            .ok_or_else(|| QueryError::NoSavepoint(name.to_owned()))
-    }
-}
-
-impl QueryError {
-    /// Re-numbers a refusal made against a whole block to name its statement's table and
-    /// row. `statements` lists where each statement's events start.
-    fn renumber(self, statements: &[(usize, &'static str)]) -> QueryError {
-        match self {
-            QueryError::Refused { row, field, value, message, sqlstate, .. } => {
-                let index = row - 1;
-                let (start, table) = statements
-                    .iter()
-                    .rev()
-                    .find(|(s, _)| *s <= index)
-                    .copied()
-                    .unwrap_or((0, "ledger"));
-                QueryError::Refused {
-                    row: index - start + 1,
-                    table,
-                    field,
-                    value,
-                    message,
-                    sqlstate,
-                }
-            }
-            other => other,
-        }
-    }
-}
-
-fn write_error(e: WriteError, statements: &[(usize, &'static str)]) -> QueryError {
-    match e {
-        WriteError::Refused(r) => QueryError::from_refusal(&r, "ledger", 1).renumber(statements),
-        WriteError::TooLarge { .. } => QueryError::TooLarge(e.to_string()),
-        other => QueryError::Write(other.to_string()),
-    }
-}
-
-fn count_batch(n: u64) -> Result<Vec<RecordBatch>, QueryError> {
-    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, false)]));
-    Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n as i64]))])?])
-}
-
 fn insert_table(insert: &datafusion::sql::sqlparser::ast::Insert) -> String {
     match &insert.table {
         TableObject::TableName(name) => {
@@ -692,7 +520,7 @@ mod tests {
     /// The reads a statement's snapshot is built from, after optimization.
     fn reads(sql: &Sql, q: &str) -> BTreeMap<String, Reads> {
         let rt = sql.db.runtime();
-        let statement = Sql::parse(q).unwrap().remove(0);
+        let statement = Sql::parse(q).unwrap().statements.remove(0);
         let plan = rt.block_on(sql.plan(&statement)).unwrap();
         reads_of(&sql.ctx.state().optimize(&plan).unwrap()).unwrap()
     }

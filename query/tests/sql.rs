@@ -7,7 +7,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::{DataType, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
-use tally_query::{Access, QueryError, Sql};
+use std::future::pending;
+
+use tally_query::{Access, Done, Outcome, QueryError, Request, Session, Sql, Status};
 use tally_storage::{Database, Options};
 use tally_workload::{Generator, Shape};
 
@@ -145,7 +147,7 @@ fn what_the_ledger_never_allows_is_refused() {
         "COPY datanets FROM STDIN",
     ];
     for (k, q) in statements.iter().enumerate() {
-        let s = Sql::parse(q).unwrap().remove(0);
+        let s = Sql::parse(q).unwrap().statements.remove(0);
         let reader = Sql::check(&s, Access::Reader).map_err(|e| e.sqlstate());
         assert_eq!(reader, if k == 5 { Ok(()) } else { Err("42501") }, "{q}");
     }
@@ -162,7 +164,7 @@ fn what_the_ledger_never_allows_is_refused() {
     let fine =
         sql.query_blocking("SELECT CAST(length(repeat('ab', 1000)) AS BIGINT) AS n").unwrap();
     assert_eq!(col_i64(&fine, "n"), vec![2000]);
-    let analyze = Sql::parse(statements[0]).unwrap().remove(0);
+    let analyze = Sql::parse(statements[0]).unwrap().statements.remove(0);
     assert_eq!(Sql::check(&analyze, Access::Writer).unwrap_err().sqlstate(), "0A000");
     assert_eq!(sqlstate(sql.query_blocking(statements[0])), "0A000");
     assert!(sql.query_blocking("CREATE TABLE t (x BIGINT)").is_err());
@@ -341,31 +343,49 @@ fn copy_and_transaction_blocks_are_atomic() {
     let (_dir, sql) = demo();
     let rt = sql.database().runtime();
     let copy = |stmt: &str| {
-        let s = Sql::parse(stmt).unwrap().remove(0);
+        let s = Sql::parse(stmt).unwrap().statements.remove(0);
         tally_query::CopyIn::from_statement(&s).unwrap().unwrap()
     };
     let datanets = count(&sql, "SELECT COUNT(*) AS n FROM datanets");
     let csv = copy("COPY datanets (datanet, owner) FROM STDIN WITH (FORMAT csv, HEADER)");
+    let mut idle = Session::default();
     assert_eq!(
-        rt.block_on(sql.copy_in(&csv, b"datanet,owner\ncp-1,o\n\"cp-2\",o\n", None)).unwrap(),
+        rt.block_on(sql.copy_in(&mut idle, &csv, b"datanet,owner\ncp-1,o\n\"cp-2\",o\n")).unwrap(),
         2
     );
-    let bad = rt.block_on(sql.copy_in(&csv, b"datanet,owner\ncp-3,o\ncp 4,o\n", None)).unwrap_err();
+    let bad =
+        rt.block_on(sql.copy_in(&mut idle, &csv, b"datanet,owner\ncp-3,o\ncp 4,o\n")).unwrap_err();
     assert_eq!(bad.sqlstate(), "22023");
     assert!(bad.to_string().contains("row 2"), "{bad}");
     assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets"), datanets + 2);
     // A block: each write checked against the ledger and the block's earlier writes.
-    let mut block = tally_query::Block::default();
+    let mut session = Session::default();
+    exec(&sql, &mut session, "BEGIN").unwrap();
     let text = copy("COPY datanets FROM STDIN");
-    rt.block_on(sql.copy_in(&text, b"blk-1\to\n", Some(&mut block))).unwrap();
-    let dup =
-        rt.block_on(sql.copy_in(&text, b"blk-2\to\nblk-1\to\n", Some(&mut block))).unwrap_err();
+    rt.block_on(sql.copy_in(&mut session, &text, b"blk-1\to\n")).unwrap();
+    let dup = rt.block_on(sql.copy_in(&mut session, &text, b"blk-2\to\nblk-1\to\n")).unwrap_err();
     assert_eq!(dup.sqlstate(), "23505");
     assert!(dup.to_string().contains("row 2"), "{dup}");
-    assert_eq!(block.rows(), 1, "a refused statement leaves the block as it was");
+    assert_eq!(session.block_rows(), Some(1), "a refused statement leaves the block as it was");
+    assert_eq!(session.status(), Status::Failed, "and fails the block");
+    assert_eq!(exec(&sql, &mut session, "SELECT 1").unwrap_err().sqlstate(), "25P02");
+    exec(&sql, &mut session, "ROLLBACK").unwrap();
+    exec(&sql, &mut session, "BEGIN").unwrap();
+    rt.block_on(sql.copy_in(&mut session, &text, b"blk-1\to\n")).unwrap();
     assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets WHERE datanet = 'blk-1'"), 0);
-    rt.block_on(sql.commit(block)).unwrap();
+    assert_eq!(exec(&sql, &mut session, "COMMIT").unwrap().map(|d| d.tag), Some("COMMIT"));
     assert_eq!(count(&sql, "SELECT COUNT(*) AS n FROM datanets WHERE datanet = 'blk-1'"), 1);
+    assert_eq!(session.status(), Status::Idle);
+}
+
+/// Runs one statement of `session` as a writer: its completion, or `None` for rows.
+fn exec(sql: &Sql, session: &mut Session, text: &str) -> Result<Option<Done>, QueryError> {
+    let statement = Sql::parse(text)?.statements.remove(0);
+    let run = sql.execute(session, Access::Writer, Request::new(&statement, false), pending());
+    match sql.database().runtime().block_on(run)? {
+        Outcome::Done(done) => Ok(Some(done)),
+        _ => Ok(None),
+    }
 }
 
 #[test]
@@ -410,22 +430,44 @@ fn savepoints_undo_part_of_a_block() {
     let (_dir, sql) = demo();
     let rt = sql.database().runtime();
     let copy = {
-        let s = Sql::parse("COPY datanets FROM STDIN").unwrap().remove(0);
+        let s = Sql::parse("COPY datanets FROM STDIN").unwrap().statements.remove(0);
         tally_query::CopyIn::from_statement(&s).unwrap().unwrap()
     };
-    let mut block = tally_query::Block::default();
-    rt.block_on(sql.copy_in(&copy, b"sp-1\to\n", Some(&mut block))).unwrap();
-    block.savepoint("a");
-    rt.block_on(sql.copy_in(&copy, b"sp-2\to\n", Some(&mut block))).unwrap();
-    block.savepoint("b");
-    rt.block_on(sql.copy_in(&copy, b"sp-3\to\n", Some(&mut block))).unwrap();
-    block.rollback_to("a").unwrap();
-    assert_eq!(block.rows(), 1);
-    assert_eq!(block.rollback_to("b").unwrap_err().sqlstate(), "3B001", "b went with a");
-    rt.block_on(sql.copy_in(&copy, b"sp-2\to\n", Some(&mut block))).unwrap();
-    block.release("a").unwrap();
-    assert!(block.release("a").is_err());
-    rt.block_on(sql.commit(block)).unwrap();
+    let mut session = Session::default();
+    // Each step is a statement, or (text empty) a COPY of `data`.
+    let mut step = |text: &str, data: &[u8]| {
+        if text.is_empty() {
+            rt.block_on(sql.copy_in(&mut session, &copy, data)).map(|_| None)
+        } else {
+            exec(&sql, &mut session, text)
+        }
+    };
+    step("BEGIN", b"").unwrap();
+    step("", b"sp-1\to\n").unwrap();
+    step("SAVEPOINT a", b"").unwrap();
+    step("", b"sp-2\to\n").unwrap();
+    step("SAVEPOINT b", b"").unwrap();
+    step("", b"sp-3\to\n").unwrap();
+    step("ROLLBACK TO SAVEPOINT a", b"").unwrap();
+    let b_gone = step("ROLLBACK TO SAVEPOINT b", b"").unwrap_err();
+    assert_eq!(b_gone.sqlstate(), "3B001", "b went with a");
+    // The error failed the block; ROLLBACK TO a savepoint ends that, as in PostgreSQL.
+    assert_eq!(step("SELECT 1", b"").unwrap_err().sqlstate(), "25P02");
+    step("ROLLBACK TO SAVEPOINT a", b"").unwrap();
+    step("", b"sp-2\to\n").unwrap();
+    step("RELEASE SAVEPOINT a", b"").unwrap();
+    assert_eq!(step("RELEASE SAVEPOINT a", b"").unwrap_err().sqlstate(), "3B001");
+    // COMMIT of a failed block rolls back.
+    assert_eq!(step("COMMIT", b"").unwrap().map(|d| d.tag), Some("ROLLBACK"));
+    step("BEGIN", b"").unwrap();
+    step("", b"sp-1\to\n").unwrap();
+    step("SAVEPOINT a", b"").unwrap();
+    step("", b"sp-3\to\n").unwrap();
+    step("ROLLBACK TO SAVEPOINT a", b"").unwrap();
+    step("", b"sp-2\to\n").unwrap();
+    assert_eq!(step("SAVEPOINT x", b"").unwrap().map(|d| d.tag), Some("SAVEPOINT"));
+    assert_eq!(step("COMMIT", b"").unwrap().map(|d| d.tag), Some("COMMIT"));
+    assert_eq!(session.block_rows(), None);
     let got = sql
         .query_blocking("SELECT datanet FROM datanets WHERE datanet LIKE 'sp-%' ORDER BY datanet")
         .unwrap();

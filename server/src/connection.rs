@@ -1,6 +1,9 @@
-//! One client connection's SQL: the simple and extended query protocols and COPY FROM STDIN,
-//! over the shared `Sql`. Owns the connection's session state (its open transaction block,
-//! whether the block failed, a COPY in progress) and maps every error to its SQLSTATE.
+//! One client connection over the PostgreSQL protocol: the simple and extended query protocols
+//! and COPY FROM STDIN, over the shared `Sql`. It only speaks: each statement goes to
+//! `Sql::execute` with the connection's `tally_query::Session`, which decides what the
+//! statement means (transaction blocks, the order of checks, where a write goes); this module
+//! turns the outcome into protocol messages, keeps the connection's settings and the COPY
+//! being received, and maps every error to its SQLSTATE.
 //!
 //! Statements run one at a time and each is answered before the next runs (also inside one
 //! simple-protocol message), rows streamed as they are produced (`rows.rs`). A statement is
@@ -13,12 +16,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, into_pg_type};
-use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::pgwire;
 use datafusion_postgres::QueryHook;
@@ -41,7 +42,7 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use tally_query::{
-    check_statement_text, Access, Block, CopyIn, Output, QueryError, Sql, MAX_COPY_BYTES,
+    Access, CopyIn, Outcome, Parsed, QueryError, Request, Session, Sql, Status, MAX_COPY_BYTES,
 };
 
 use crate::interrupt::Interrupt;
@@ -50,11 +51,6 @@ use crate::startup::ACCESS_KEY;
 
 /// Most parameters a statement may have: PostgreSQL's limit (a Bind counts them in 16 bits).
 const MAX_PARAMETERS: usize = 65_535;
-/// Statements whose expressions may nest deeper than this (`tally_query::check_statement_text`)
-/// are planned on a blocking thread, at most one per core at a time: DataFusion's planning time
-/// grows with the square of the depth (1.4 s at the limit, release build, docs/benchmarks.md)
-/// and cannot be interrupted, so it must not hold up the threads that serve every connection.
-const HEAVY_DEPTH: usize = 64;
 /// A COPY buffer up to this size is kept for the connection's next COPY (a loader COPYs again
 /// and again, and a fresh buffer costs page faults); a larger one is freed.
 const SPARE_COPY_BYTES: usize = 8 << 20;
@@ -62,18 +58,15 @@ const SPARE_COPY_BYTES: usize = 8 << 20;
 /// What every connection shares.
 pub(crate) struct Shared {
     pub sql: Sql,
-    pub parser: PostgresCompatibilityParser,
     /// The most any statement may run, whatever the session asks for.
     pub max_statement_time: Duration,
-    /// Heavy statements planning at once (see `HEAVY_DEPTH`).
-    pub heavy_planning: Arc<tokio::sync::Semaphore>,
 }
 
+/// A connection's state: its SQL session (transaction block; `tally_query::Session` decides
+/// what it means) and the COPY it is receiving.
 #[derive(Default)]
-struct Session {
-    block: Option<Block>,
-    /// A statement in the block failed: everything but COMMIT/ROLLBACK answers 25P02.
-    failed: bool,
+struct Wire {
+    sql: Session,
     copy: Option<CopyState>,
     /// The last COPY's buffer, kept for the next one when small (`SPARE_COPY_BYTES`).
     spare: Vec<u8>,
@@ -96,24 +89,20 @@ pub(crate) struct Prepared {
 /// One statement to run: as parsed, maybe already planned (extended protocol), with its
 /// parameters and the format of its result columns.
 struct Job<'a> {
-    statement: &'a Statement,
-    plan: Option<LogicalPlan>,
-    params: Option<ParamValues>,
+    request: Request<'a>,
     format: &'a Format,
-    /// Its text may nest deeper than `HEAVY_DEPTH`: planned on a blocking thread.
-    heavy: bool,
 }
 
 impl<'a> Job<'a> {
     /// A statement of the simple protocol (text results, planned when run).
     fn simple(statement: &'a Statement, heavy: bool) -> Job<'a> {
-        Job { statement, plan: None, params: None, format: &Format::UnifiedText, heavy }
+        Job { request: Request::new(statement, heavy), format: &Format::UnifiedText }
     }
 }
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    session: Mutex<Session>,
+    wire: Mutex<Wire>,
     parser: Arc<Parser>,
 }
 
@@ -123,17 +112,6 @@ pub(crate) struct Parser {
 
 pub(crate) fn user_error(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new("ERROR".into(), code.into(), message)))
-}
-
-fn in_failed_block() -> PgWireError {
-    user_error(
-        "25P02",
-        "current transaction is aborted, commands ignored until end of transaction block".into(),
-    )
-}
-
-fn outside_block(what: &str) -> PgWireError {
-    user_error("25P01", format!("{what} can only be used in transaction blocks"))
 }
 
 pub(crate) fn query_error(e: QueryError) -> PgWireError {
@@ -146,50 +124,6 @@ fn access<C: ClientInfo + ?Sized>(client: &C) -> Access {
         Some("writer") => Access::Writer,
         _ => Access::Reader,
     }
-}
-
-/// Parses statement text, refusing text over the limits of `tally_query::complexity` first;
-/// also says whether it is heavy to plan (`HEAVY_DEPTH`).
-fn parse(shared: &Shared, text: &str) -> Result<(Vec<Statement>, bool), QueryError> {
-    let depth = check_statement_text(text)?;
-    let statements = shared.parser.parse(text).map_err(|e| Sql::parse_error(text, e))?;
-    Ok((statements, depth > HEAVY_DEPTH))
-}
-
-/// Plans (unless planned already), binds and runs one statement.
-async fn plan_and_run(
-    sql: &Sql,
-    statement: &Statement,
-    plan: Option<LogicalPlan>,
-    params: Option<ParamValues>,
-) -> Result<Output, QueryError> {
-    let plan = match plan {
-        Some(p) => p,
-        None => sql.plan(statement).await?,
-    };
-    let plan = match params {
-        Some(p) => plan.replace_params_with_values(&p)?,
-        None => plan,
-    };
-    sql.run(plan).await
-}
-
-/// Runs a heavy statement's planning on a blocking thread, at most one per core at a time
-/// (`HEAVY_DEPTH`). If the caller stops waiting (timeout, cancel), the work still holds its
-/// permit until it ends, so abandoned work cannot pile up.
-async fn on_blocking_thread<T: Send + 'static>(
-    shared: &Shared,
-    work: impl std::future::Future<Output = Result<T, QueryError>> + Send + 'static,
-) -> PgWireResult<T> {
-    let permit = shared.heavy_planning.clone().acquire_owned().await;
-    let permit = permit.map_err(|_| user_error("57P01", "the server is shutting down".into()))?;
-    let handle = tokio::runtime::Handle::current();
-    let joined = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        handle.block_on(work)
-    })
-    .await;
-    joined.map_err(|e| user_error("XX000", format!("planning failed: {e}")))?.map_err(query_error)
 }
 
 /// The statement's parameter types by position (`$1` first). Refused past `MAX_PARAMETERS`
@@ -219,29 +153,25 @@ fn ordered_parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataTy
 impl Connection {
     pub fn new(shared: Arc<Shared>) -> Connection {
         let parser = Arc::new(Parser { shared: shared.clone() });
-        Connection { shared, session: Mutex::new(Session::default()), parser }
+        Connection { shared, wire: Mutex::new(Wire::default()), parser }
     }
 
-    fn session(&self) -> std::sync::MutexGuard<'_, Session> {
-        self.session.lock().expect("a session is never poisoned")
+    fn wire(&self) -> std::sync::MutexGuard<'_, Wire> {
+        self.wire.lock().expect("a connection's state is never poisoned")
     }
 
     /// What ReadyForQuery reports: idle, in a block, or in a failed block.
     fn transaction_status(&self) -> TransactionStatus {
-        let s = self.session();
-        match (&s.block, s.failed) {
-            (None, _) => TransactionStatus::Idle,
-            (Some(_), false) => TransactionStatus::Transaction,
-            (Some(_), true) => TransactionStatus::Error,
+        match self.wire().sql.status() {
+            Status::Idle => TransactionStatus::Idle,
+            Status::InBlock => TransactionStatus::Transaction,
+            Status::Failed => TransactionStatus::Error,
         }
     }
 
     /// After an error inside a transaction block, the block answers 25P02 until it ends.
     fn fail_block(&self) {
-        let mut s = self.session();
-        if s.block.is_some() {
-            s.failed = true;
-        }
+        self.wire().sql.fail();
     }
 
     fn statement_timeout<C: ClientInfo + ?Sized>(&self, client: &C) -> Duration {
@@ -249,7 +179,9 @@ impl Connection {
         session_duration(client, STATEMENT_TIMEOUT_KEY, Some(max)).unwrap_or(max)
     }
 
-    /// Runs one statement; on an error inside a transaction block, marks the block failed.
+    /// Runs one statement through `Sql::execute` (which decides what it means for the
+    /// session) and turns its outcome into a response. A query's rows stream under the same
+    /// time limit and cancel as its planning.
     async fn execute<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -257,31 +189,50 @@ impl Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let result = self.execute_inner(client, job).await;
-        if result.is_err() {
-            self.fail_block();
+        let statement = job.request.statement;
+        let mut interrupt = Interrupt::start(client, self.statement_timeout(client)).await;
+        // The session leaves the lock while the statement runs (one statement at a time per
+        // connection); if the connection drops mid-statement, it goes with it.
+        let mut session = std::mem::take(&mut self.wire().sql);
+        let stop = std::future::poll_fn(|cx| interrupt.poll_stopped(cx));
+        let outcome = self.shared.sql.execute(&mut session, access(client), job.request, stop);
+        let outcome = outcome.await;
+        self.wire().sql = session;
+        match outcome.map_err(query_error)? {
+            Outcome::Rows(df) => {
+                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+                crate::rows::respond(df, job.format, options, interrupt).await
+            }
+            Outcome::Done(done) => {
+                // PostgreSQL's INSERT tag carries an oid (always 0) before the row count.
+                let tag = match done.tag {
+                    "INSERT" => Tag::new("INSERT").with_oid(0),
+                    other => Tag::new(other),
+                };
+                Ok(Response::Execution(match done.rows {
+                    Some(n) => tag.with_rows(n as usize),
+                    None => tag,
+                }))
+            }
+            Outcome::CopyIn(copy) => Ok(self.start_copy(copy)),
+            Outcome::Setting => {
+                let result = self.setting(client, statement).await;
+                if result.is_err() {
+                    self.fail_block();
+                }
+                result
+            }
         }
-        result
     }
 
-    async fn execute_inner<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
+    /// SET, RESET, SHOW, DISCARD, DEALLOCATE: the connection's own settings.
+    async fn setting<C>(&self, client: &mut C, statement: &Statement) -> PgWireResult<Response>
     where
         C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::PortalStore: PortalStore,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statement = job.statement;
-        // Transaction control first: it is what a failed block still answers.
-        if let Some(response) = self.transaction_control(statement).await {
-            return response;
-        }
-        if self.session().failed {
-            return Err(in_failed_block());
-        }
-        if settings::is_setting(statement) {
-            return settings::apply(client, statement).await;
-        }
         match statement {
             Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
                 // Reads the session's metadata only.
@@ -289,147 +240,21 @@ impl Connection {
                 if let Some(r) = SetShowHook.handle_simple_query(statement, ctx, client).await {
                     return r;
                 }
-                return Ok(Response::Execution(Tag::new("SHOW")));
+                Ok(Response::Execution(Tag::new("SHOW")))
             }
-            Statement::Discard { .. } => return Ok(Response::Execution(Tag::new("DISCARD ALL"))),
-            Statement::Deallocate { .. } => return Ok(Response::Execution(Tag::new("DEALLOCATE"))),
-            _ => {}
-        }
-        Sql::check(statement, access(client)).map_err(query_error)?;
-        if let Some(copy) = CopyIn::from_statement(statement) {
-            return Ok(self.start_copy(copy.map_err(query_error)?));
-        }
-        self.run(client, job).await
-    }
-
-    /// BEGIN, SAVEPOINT, RELEASE, ROLLBACK [TO] and COMMIT; `None` for any other statement.
-    async fn transaction_control(&self, statement: &Statement) -> Option<PgWireResult<Response>> {
-        if let Statement::Commit { .. } = statement {
-            return Some(self.commit().await);
-        }
-        let mut s = self.session();
-        let done = |tag: &str| Some(Ok(Response::Execution(Tag::new(tag))));
-        match statement {
-            Statement::StartTransaction { .. } => {
-                if s.block.is_none() {
-                    s.block = Some(Block::default());
-                    s.failed = false;
-                }
-                Some(Ok(Response::TransactionStart(Tag::new("BEGIN"))))
-            }
-            Statement::Savepoint { name } => {
-                if s.failed {
-                    return Some(Err(in_failed_block()));
-                }
-                match s.block.as_mut() {
-                    Some(block) => block.savepoint(&name.value),
-                    None => return Some(Err(outside_block("SAVEPOINT"))),
-                }
-                done("SAVEPOINT")
-            }
-            Statement::ReleaseSavepoint { name } => {
-                if s.failed {
-                    return Some(Err(in_failed_block()));
-                }
-                let Some(block) = s.block.as_mut() else {
-                    return Some(Err(outside_block("RELEASE SAVEPOINT")));
-                };
-                match block.release(&name.value) {
-                    Ok(()) => done("RELEASE"),
-                    Err(e) => Some(Err(query_error(e))),
-                }
-            }
-            Statement::Rollback { savepoint: Some(name), .. } => {
-                // Also what ends a failed state, as in PostgreSQL.
-                let Some(block) = s.block.as_mut() else {
-                    return Some(Err(outside_block("ROLLBACK TO SAVEPOINT")));
-                };
-                if let Err(e) = block.rollback_to(&name.value) {
-                    return Some(Err(query_error(e)));
-                }
-                s.failed = false;
-                done("ROLLBACK")
-            }
-            Statement::Rollback { savepoint: None, .. } => {
-                s.block = None;
-                s.failed = false;
-                Some(Ok(Response::TransactionEnd(Tag::new("ROLLBACK"))))
-            }
-            _ => None,
-        }
-    }
-
-    /// COMMIT: appends the block atomically. Not interruptible.
-    async fn commit(&self) -> PgWireResult<Response> {
-        let (block, failed) = {
-            let mut s = self.session();
-            (s.block.take(), std::mem::take(&mut s.failed))
-        };
-        let end = |tag: &str| Ok(Response::TransactionEnd(Tag::new(tag)));
-        match block {
-            // PostgreSQL answers COMMIT of a failed block with ROLLBACK.
-            Some(_) if failed => end("ROLLBACK"),
-            Some(block) => {
-                self.shared.sql.commit(block).await.map_err(query_error)?;
-                end("COMMIT")
-            }
-            None => end("COMMIT"),
+            Statement::Discard { .. } => Ok(Response::Execution(Tag::new("DISCARD ALL"))),
+            Statement::Deallocate { .. } => Ok(Response::Execution(Tag::new("DEALLOCATE"))),
+            _ => settings::apply(client, statement).await,
         }
     }
 
     fn start_copy(&self, copy: CopyIn) -> Response {
         let width = copy.width();
-        let mut s = self.session();
-        let mut data = std::mem::take(&mut s.spare);
+        let mut w = self.wire();
+        let mut data = std::mem::take(&mut w.spare);
         data.clear();
-        s.copy = Some(CopyState { copy, data, too_large: false });
+        w.copy = Some(CopyState { copy, data, too_large: false });
         Response::CopyIn(CopyResponse::new(0, width, futures::stream::empty()))
-    }
-
-    /// Plans and runs a query or a write. Until a write is handed to the ledger, the statement
-    /// time limit and a cancel request stop it; a query's rows stream under the same limits.
-    async fn run<C>(&self, client: &mut C, job: Job<'_>) -> PgWireResult<Response>
-    where
-        C: ClientInfo + Send + Sync,
-    {
-        let mut interrupt = Interrupt::start(client, self.statement_timeout(client)).await;
-        let Job { statement, plan, params, format, heavy } = job;
-        let output = if heavy {
-            let (sql, statement) = (self.shared.sql.clone(), statement.clone());
-            let work = async move { plan_and_run(&sql, &statement, plan, params).await };
-            interrupt.run(on_blocking_thread(&self.shared, work)).await?
-        } else {
-            let work = plan_and_run(&self.shared.sql, statement, plan, params);
-            interrupt.run(async { work.await.map_err(query_error) }).await?
-        };
-        match output {
-            Output::Rows(df) => {
-                let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                crate::rows::respond(df, format, options, interrupt).await
-            }
-            Output::Write { table, events } => self.write(table, events).await,
-        }
-    }
-
-    /// Appends a statement's events, or adds them to the open block. Not interruptible: the
-    /// answer is what happened to the write.
-    async fn write(
-        &self,
-        table: &'static str,
-        events: Vec<tally_engine::Event>,
-    ) -> PgWireResult<Response> {
-        let sql = &self.shared.sql;
-        let block = self.session().block.take();
-        let n = match block {
-            Some(mut block) => {
-                let r = sql.add_to_block(&mut block, table, events);
-                self.session().block = Some(block);
-                r
-            }
-            None => sql.append(table, events).await,
-        }
-        .map_err(query_error)?;
-        Ok(Response::Execution(Tag::new("INSERT").with_oid(0).with_rows(n as usize)))
     }
 
     /// Sends one statement's response: a simple-protocol query's rows, or what any statement
@@ -487,18 +312,18 @@ impl SimpleQueryHandler for Connection {
             return Err(PgWireError::NotReadyForQuery);
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
-        match parse(&self.shared, &query.query) {
+        match Sql::parse(&query.query) {
             Err(e) => {
                 self.fail_block();
                 let info = ErrorInfo::from(query_error(e));
                 client.feed(PgWireBackendMessage::ErrorResponse(info.into())).await?;
             }
-            Ok((statements, _)) if statements.is_empty() => {
+            Ok(parsed) if parsed.statements.is_empty() => {
                 client
                     .feed(PgWireBackendMessage::EmptyQueryResponse(EmptyQueryResponse::new()))
                     .await?;
             }
-            Ok((statements, heavy)) => self.run_statements(client, &statements, heavy).await?,
+            Ok(parsed) => self.run_statements(client, &parsed.statements, parsed.heavy).await?,
         }
         if !matches!(client.state(), PgWireConnectionState::CopyInProgress(_)) {
             client.set_state(PgWireConnectionState::ReadyForQuery);
@@ -518,10 +343,10 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (statements, heavy) = parse(&self.shared, query).map_err(query_error)?;
-        let mut responses = Vec::with_capacity(statements.len());
-        for statement in &statements {
-            match self.execute(client, Job::simple(statement, heavy)).await {
+        let parsed = Sql::parse(query).map_err(query_error)?;
+        let mut responses = Vec::with_capacity(parsed.statements.len());
+        for statement in &parsed.statements {
+            match self.execute(client, Job::simple(statement, parsed.heavy)).await {
                 Ok(r) => {
                     let copying = matches!(r, Response::CopyIn(_));
                     responses.push(r);
@@ -588,7 +413,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let (mut statements, heavy) = parse(&self.shared, sql).map_err(query_error)?;
+        let Parsed { mut statements, heavy } = Sql::parse(sql).map_err(query_error)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -608,12 +433,8 @@ impl QueryParser for Parser {
         } else if plannable {
             // Refusals come first, as in the simple protocol.
             Sql::check(&statement, access(client)).map_err(query_error)?;
-            let plan = if heavy {
-                let (sql, statement) = (self.shared.sql.clone(), statement.clone());
-                on_blocking_thread(&self.shared, async move { sql.plan(&statement).await }).await?
-            } else {
-                self.shared.sql.plan(&statement).await.map_err(query_error)?
-            };
+            let plan = self.shared.sql.plan_request(&statement, heavy).await;
+            let plan = plan.map_err(query_error)?;
             ordered_parameter_types(&plan)?;
             Some(plan)
         } else {
@@ -762,22 +583,14 @@ impl ExtendedQueryHandler for Connection {
             }
             None => None,
         };
-        let plan = if settings::is_setting(&prepared.statement)
-            || matches!(
-                prepared.statement,
-                Statement::ShowVariable { .. } | Statement::ShowStatus { .. }
-            ) {
-            None
-        } else {
-            prepared.plan.clone()
-        };
-        let job = Job {
+        // A setting's plan (from SetShowHook) is not run: `Sql::execute` hands settings back.
+        let request = Request {
             statement: &prepared.statement,
-            plan,
+            plan: prepared.plan.clone(),
             params,
-            format: &portal.result_column_format,
             heavy: prepared.heavy,
         };
+        let job = Job { request, format: &portal.result_column_format };
         self.execute(client, job).await
     }
 }
@@ -790,8 +603,8 @@ impl CopyHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let mut s = self.session();
-        if let Some(c) = s.copy.as_mut() {
+        let mut w = self.wire();
+        if let Some(c) = w.copy.as_mut() {
             if c.data.len() + copy_data.data.len() > MAX_COPY_BYTES {
                 // Keep reading to the end of the COPY, but hold nothing more.
                 c.too_large = true;
@@ -809,30 +622,24 @@ impl CopyHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (state, mut block) = {
-            let mut s = self.session();
-            (s.copy.take(), s.block.take())
+        let (state, mut session) = {
+            let mut w = self.wire();
+            (w.copy.take(), std::mem::take(&mut w.sql))
         };
-        let Some(state) = state else {
-            return Err(user_error("08P01", "COPY data without a COPY statement".into()));
-        };
-        let result = if state.too_large {
-            Err(QueryError::TooLarge(format!(
-                "this COPY carries more than {} MiB",
-                MAX_COPY_BYTES >> 20
-            )))
-        } else {
-            self.shared.sql.copy_in(&state.copy, &state.data, block.as_mut()).await
+        let result = match &state {
+            None => Err(QueryError::Unsupported("COPY data without a COPY statement".into())),
+            Some(state) if state.too_large => {
+                session.fail();
+                let mib = MAX_COPY_BYTES >> 20;
+                Err(QueryError::TooLarge(format!("this COPY carries more than {mib} MiB")))
+            }
+            Some(state) => self.shared.sql.copy_in(&mut session, &state.copy, &state.data).await,
         };
         {
-            let mut s = self.session();
-            if state.data.capacity() <= SPARE_COPY_BYTES {
-                s.spare = state.data;
-            }
-            let in_block = block.is_some();
-            s.block = block;
-            if result.is_err() && in_block {
-                s.failed = true;
+            let mut w = self.wire();
+            w.sql = session;
+            if let Some(state) = state.filter(|s| s.data.capacity() <= SPARE_COPY_BYTES) {
+                w.spare = state.data;
             }
         }
         let n = result.map_err(query_error)?;
@@ -847,11 +654,9 @@ impl CopyHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let mut s = self.session();
-        s.copy = None;
-        if s.block.is_some() {
-            s.failed = true;
-        }
+        let mut w = self.wire();
+        w.copy = None;
+        w.sql.fail();
         user_error("57014", format!("COPY from stdin failed: {}", fail.message))
     }
 }

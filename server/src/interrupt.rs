@@ -20,7 +20,9 @@ use pgwire::api::{ClientInfo, ConnectionHandle};
 use pgwire::error::PgWireError;
 use tokio::time::{Instant, Sleep};
 
-use crate::connection::user_error;
+use tally_query::QueryError;
+
+use crate::connection::query_error;
 
 /// The connection's cancel handle, as registered with the server's connection manager.
 pub(crate) struct CancelHandle(pub Arc<ConnectionHandle>);
@@ -45,14 +47,17 @@ impl Interrupt {
 
     /// Ready with the error to answer once the statement must stop.
     pub fn poll_stop(&mut self, cx: &mut Context<'_>) -> Poll<PgWireError> {
+        self.poll_stopped(cx).map(query_error)
+    }
+
+    /// `poll_stop`, as the SQL layer's error.
+    pub fn poll_stopped(&mut self, cx: &mut Context<'_>) -> Poll<QueryError> {
         if let Some(rx) = self.cancel.as_mut() {
             match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(())) => {
                     self.cancel = None;
-                    return Poll::Ready(user_error(
-                        "57014",
-                        "canceling statement due to user request".into(),
-                    ));
+                    let why = "canceling statement due to user request";
+                    return Poll::Ready(QueryError::Canceled(why.into()));
                 }
                 // Replaced by a later statement's handle: this one can no longer be cancelled.
                 Poll::Ready(Err(_)) => self.cancel = None,
@@ -60,8 +65,7 @@ impl Interrupt {
             }
         }
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(user_error(
-                "57014",
+            Poll::Ready(()) => Poll::Ready(QueryError::Canceled(
                 "canceling statement due to statement timeout".into(),
             )),
             Poll::Pending => Poll::Pending,

@@ -6,6 +6,7 @@
 //! development mode (no users configured: loopback only).
 
 mod connection;
+mod flight;
 mod frames;
 mod interrupt;
 mod rows;
@@ -13,6 +14,7 @@ mod scram;
 mod settings;
 mod socket;
 mod startup;
+mod tokens;
 pub mod users;
 
 use std::future::Future;
@@ -21,12 +23,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::DataType;
-use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
-use datafusion::scalar::ScalarValue;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
-use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::pgwire;
 use pgwire::api::cancel::DefaultCancelHandler;
 use pgwire::api::{ConnectionManager, RandomPidSecretKeyGenerator};
@@ -38,6 +34,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{Connection, Shared};
+pub use crate::flight::{
+    BATCHES_IN_FLIGHT, BYTES_IN_FLIGHT, DEFAULT_INGEST_LISTEN, DRY_RUN_HEADER, MAX_STREAMS,
+    PRODUCER_HEADER,
+};
 use crate::socket::Handlers;
 pub use crate::socket::{ConnectionLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT};
 use crate::startup::Startup;
@@ -76,6 +76,8 @@ pub struct ServeOptions {
     pub statement_timeout: Duration,
     /// Startup and idle time limits of every connection.
     pub limits: ConnectionLimits,
+    /// Where streaming ingest (Arrow Flight) listens; `None`: not at all.
+    pub ingest: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -87,6 +89,7 @@ impl ServeOptions {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             limits: ConnectionLimits::default(),
+            ingest: None,
         }
     }
 }
@@ -102,6 +105,14 @@ pub struct Server {
     pids: Arc<RandomPidSecretKeyGenerator>,
     mock_key: Arc<[u8; 32]>,
     limits: ConnectionLimits,
+    ingest: Option<IngestListener>,
+}
+
+/// The bound streaming-ingest endpoint.
+struct IngestListener {
+    listener: TcpListener,
+    service: flight::Ingest,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServerError> {
@@ -125,208 +136,6 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServerErro
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// `version()` answers like PostgreSQL's, which drivers parse, and says what it is.
-fn register_version(sql: &Sql) {
-    let text = format!(
-        "PostgreSQL {} (Tally {}, an attribution ledger; SQL by Apache DataFusion)",
-        startup::SERVER_VERSION,
-        env!("CARGO_PKG_VERSION")
-    );
-    let udf = create_udf(
-        "version",
-        vec![],
-        DataType::Utf8,
-        Volatility::Immutable,
-        Arc::new(move |_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(text.clone()))))),
-    );
-    sql.context().register_udf(udf);
-}
-
-/// `to_regtype(name)`: PostgreSQL's type lookup by name (NULL when unknown), which drivers use
-/// to discover types (psycopg's `TypeInfo.fetch`, hence SQLAlchemy on connect). Answered from
-/// the catalog's `pg_type`, read once.
-async fn register_to_regtype(sql: &Sql) -> Result<(), ServerError> {
-    let err = |e: datafusion::error::DataFusionError| ServerError::Sql(e.to_string());
-    let batches = sql
-        .context()
-        .sql("SELECT typname, oid FROM pg_catalog.pg_type")
-        .await
-        .map_err(err)?
-        .collect()
-        .await
-        .map_err(err)?;
-    let Some(first) = batches.first() else {
-        return Err(ServerError::Sql("pg_catalog.pg_type is empty".into()));
-    };
-    let oid_type = first.schema().field(1).data_type().clone();
-    let mut oids = std::collections::HashMap::new();
-    for b in &batches {
-        for row in 0..b.num_rows() {
-            let name = ScalarValue::try_from_array(b.column(0), row).map_err(err)?;
-            let oid = ScalarValue::try_from_array(b.column(1), row).map_err(err)?;
-            if let ScalarValue::Utf8(Some(n)) | ScalarValue::Utf8View(Some(n)) = name {
-                oids.insert(n, oid);
-            }
-        }
-    }
-    // The SQL spellings drivers ask for, beside pg_type's own names.
-    for (alias, name) in [
-        ("integer", "int4"),
-        ("int", "int4"),
-        ("bigint", "int8"),
-        ("smallint", "int2"),
-        ("boolean", "bool"),
-        ("double precision", "float8"),
-        ("real", "float4"),
-        ("character varying", "varchar"),
-        ("timestamp without time zone", "timestamp"),
-        ("timestamp with time zone", "timestamptz"),
-    ] {
-        if let Some(oid) = oids.get(name).cloned() {
-            oids.insert(alias.to_owned(), oid);
-        }
-    }
-    let null = ScalarValue::try_from(&oid_type).map_err(err)?;
-    let lookup = move |name: Option<&str>| -> ScalarValue {
-        let Some(name) = name else { return null.clone() };
-        let name = name.trim().trim_matches('"').to_ascii_lowercase();
-        let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
-        oids.get(name).cloned().unwrap_or_else(|| null.clone())
-    };
-    let udf = create_udf(
-        "to_regtype",
-        vec![DataType::Utf8],
-        oid_type,
-        Volatility::Stable,
-        Arc::new(move |args: &[ColumnarValue]| match &args[0] {
-            ColumnarValue::Scalar(v) => {
-                let name = match v {
-                    ScalarValue::Utf8(n) | ScalarValue::Utf8View(n) | ScalarValue::LargeUtf8(n) => {
-                        n.as_deref()
-                    }
-                    _ => None,
-                };
-                Ok(ColumnarValue::Scalar(lookup(name)))
-            }
-            ColumnarValue::Array(a) => {
-                let values = (0..a.len())
-                    .map(|i| match ScalarValue::try_from_array(a, i)? {
-                        ScalarValue::Utf8(n)
-                        | ScalarValue::Utf8View(n)
-                        | ScalarValue::LargeUtf8(n) => Ok(lookup(n.as_deref())),
-                        _ => Ok(lookup(None)),
-                    })
-                    .collect::<datafusion::error::Result<Vec<_>>>()?;
-                Ok(ColumnarValue::Array(ScalarValue::iter_to_array(values)?))
-            }
-        }),
-    );
-    sql.context().register_udf(udf);
-    Ok(())
-}
-
-/// Catalog functions drivers call that DataFusion lacks. Most have a fixed answer here: the
-/// ledger's tables have no serial columns (`pg_get_serial_sequence` is NULL) and one collation
-/// (always visible); `json_build_object` is real.
-fn register_catalog_functions(sql: &Sql) {
-    let null_text = create_udf(
-        "pg_get_serial_sequence",
-        vec![DataType::Utf8, DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
-    );
-    sql.context().register_udf(null_text);
-    for name in ["pg_collation_is_visible", "pg_type_is_visible"] {
-        sql.context().register_udf(create_udf(
-            name,
-            vec![DataType::Int64],
-            DataType::Boolean,
-            Volatility::Stable,
-            Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(true))))),
-        ));
-    }
-    // json_build_object(k1, v1, …): SQLAlchemy's column reflection builds identity and
-    // collation details with it.
-    let json = datafusion::logical_expr::expr_fn::SimpleScalarUDF::new_with_signature(
-        "json_build_object",
-        datafusion::logical_expr::Signature::variadic_any(Volatility::Immutable),
-        DataType::Utf8,
-        Arc::new(|args: &[ColumnarValue]| {
-            let rows = args
-                .iter()
-                .find_map(|a| match a {
-                    ColumnarValue::Array(a) => Some(a.len()),
-                    ColumnarValue::Scalar(_) => None,
-                })
-                .unwrap_or(1);
-            let mut out = Vec::with_capacity(rows);
-            for row in 0..rows {
-                let mut object = String::from("{");
-                for (i, pair) in args.chunks(2).enumerate() {
-                    let value = |a: &ColumnarValue| match a {
-                        ColumnarValue::Scalar(v) => Ok(v.clone()),
-                        ColumnarValue::Array(a) => ScalarValue::try_from_array(a, row),
-                    };
-                    if i > 0 {
-                        object.push_str(", ");
-                    }
-                    object.push_str(&json_value(&value(&pair[0])?, true));
-                    object.push_str(" : ");
-                    let v = pair.get(1).map(value).transpose()?.unwrap_or(ScalarValue::Null);
-                    object.push_str(&json_value(&v, false));
-                }
-                object.push('}');
-                out.push(Some(object));
-            }
-            let array = datafusion::arrow::array::StringArray::from(out);
-            Ok(if rows == 1 && args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&array, 0)?)
-            } else {
-                ColumnarValue::Array(Arc::new(array))
-            })
-        }),
-    );
-    sql.context().register_udf(datafusion::logical_expr::ScalarUDF::from(json));
-}
-
-/// A value as JSON text: numbers and booleans bare, NULL as null, everything else a string.
-fn json_value(v: &ScalarValue, key: bool) -> String {
-    if v.is_null() {
-        return "null".into();
-    }
-    let text = v.to_string();
-    let bare = !key
-        && matches!(
-            v,
-            ScalarValue::Boolean(_)
-                | ScalarValue::Int8(_)
-                | ScalarValue::Int16(_)
-                | ScalarValue::Int32(_)
-                | ScalarValue::Int64(_)
-                | ScalarValue::UInt8(_)
-                | ScalarValue::UInt16(_)
-                | ScalarValue::UInt32(_)
-                | ScalarValue::UInt64(_)
-        );
-    if bare {
-        text
-    } else {
-        let mut quoted = String::with_capacity(text.len() + 2);
-        quoted.push('"');
-        for c in text.chars() {
-            match c {
-                '"' => quoted.push_str("\\\""),
-                '\\' => quoted.push_str("\\\\"),
-                c if (c as u32) < 0x20 => quoted.push_str(&format!("\\u{:04x}", c as u32)),
-                c => quoted.push(c),
-            }
-        }
-        quoted.push('"');
-        quoted
-    }
-}
-
 impl Server {
     pub async fn bind(sql: Sql, options: ServeOptions) -> Result<Server, ServerError> {
         if options.users.is_empty() && !options.listen.ip().is_loopback() {
@@ -340,41 +149,40 @@ impl Server {
             Some((cert, key)) => Some(tls_acceptor(cert, key)?),
             None => None,
         };
-        setup_pg_catalog(sql.context(), "tally", EmptyContextProvider)
-            .map_err(|e| ServerError::Sql(e.to_string()))?;
-        register_version(&sql);
-        register_to_regtype(&sql).await?;
-        register_catalog_functions(&sql);
-        let listener = TcpListener::bind(options.listen).await.map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse {
-                ServerError::Bind(format!(
-                    "{} is already in use (is another `tally serve` running?); pick another \
-                     address with --listen",
-                    options.listen
-                ))
-            } else {
-                ServerError::Bind(format!("cannot listen on {}: {e}", options.listen))
+        sql.add_postgres_catalog().await.map_err(|e| ServerError::Sql(e.to_string()))?;
+        let listener = listen(options.listen, "--listen").await?;
+        let users = Arc::new(options.users);
+        let mock_key = Arc::new(startup::mock_key().map_err(ServerError::Users)?);
+        let ingest = match options.ingest {
+            Some(addr) => {
+                flight::check_listen(addr, users.is_empty()).map_err(ServerError::Bind)?;
+                let auth = Arc::new(tokens::Auth::new(users.clone(), mock_key.clone()));
+                Some(IngestListener {
+                    listener: listen(addr, "--ingest").await?,
+                    service: flight::Ingest::new(sql.clone(), auth),
+                    tls: options.tls.as_ref().map(|(c, k)| flight_tls(c, k)).transpose()?,
+                })
             }
-        })?;
-        let shared = Arc::new(Shared {
-            sql,
-            parser: PostgresCompatibilityParser::new(),
-            max_statement_time: options.statement_timeout,
-            heavy_planning: Arc::new(Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            )),
-        });
+            None => None,
+        };
+        let shared = Arc::new(Shared { sql, max_statement_time: options.statement_timeout });
         Ok(Server {
             listener,
             shared,
-            users: Arc::new(options.users),
+            users,
             tls,
             limit: Arc::new(Semaphore::new(options.max_connections)),
             connections: Arc::new(ConnectionManager::new()),
             pids: Arc::new(RandomPidSecretKeyGenerator::default()),
-            mock_key: Arc::new(startup::mock_key().map_err(ServerError::Users)?),
+            mock_key,
             limits: options.limits,
+            ingest,
         })
+    }
+
+    /// Where streaming ingest listens, when it does.
+    pub fn ingest_addr(&self) -> Option<SocketAddr> {
+        self.ingest.as_ref().map(|i| i.listener.local_addr().expect("a bound listener"))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -387,9 +195,16 @@ impl Server {
 
     /// Serves until `shutdown` resolves; then stops accepting and waits (a bounded time) for
     /// open connections to finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let max = self.limit.available_permits();
+        let (stop_ingest, ingest) = match self.ingest.take() {
+            Some(i) => {
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                (Some(stop), Some(tokio::spawn(serve_ingest(i, stopped))))
+            }
+            None => (None, None),
+        };
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
@@ -430,12 +245,66 @@ impl Server {
             });
         }
         drop(self.listener);
+        if let (Some(stop), Some(ingest)) = (stop_ingest, ingest) {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, ingest).await;
+        }
         let open = max - self.limit.available_permits();
         if open > 0 {
             tracing::info!("waiting up to {SHUTDOWN_GRACE:?} for {open} open connections");
             let all = u32::try_from(max).unwrap_or(u32::MAX);
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.limit.acquire_many(all)).await;
         }
+    }
+}
+
+/// Binds a listener, with a clear error when the address is taken or not allowed.
+async fn listen(addr: SocketAddr, flag: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            ServerError::Bind(format!(
+                "{addr} is already in use (is another `tally serve` running?); pick another \
+                 address with {flag}"
+            ))
+        } else {
+            ServerError::Bind(format!("cannot listen on {addr}: {e}"))
+        }
+    })
+}
+
+/// The Flight endpoint's TLS, from the same PEM files as the PostgreSQL port's.
+fn flight_tls(
+    cert: &PathBuf,
+    key: &PathBuf,
+) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", p.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
+}
+
+/// Serves streaming ingest until `stopped` fires.
+async fn serve_ingest(ingest: IngestListener, stopped: tokio::sync::oneshot::Receiver<()>) {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = ingest.tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("streaming ingest: TLS: {e}");
+                return;
+            }
+        };
+    }
+    let incoming = tonic::transport::server::TcpIncoming::from(ingest.listener);
+    let served = builder
+        .add_service(ingest.service.service())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!("streaming ingest stopped: {e}");
     }
 }
 

@@ -37,11 +37,6 @@ const CLIENT_SETTINGS: [(&str, &str); 7] = [
     ("timezone", "TimeZone"),
 ];
 
-/// The statement a session setting is, when it is one.
-pub(crate) fn is_setting(statement: &Statement) -> bool {
-    matches!(statement, Statement::Set(_) | Statement::Reset(_))
-}
-
 /// Runs `SET …` or `RESET …` for this session.
 pub(crate) async fn apply<C>(client: &mut C, statement: &Statement) -> PgWireResult<Response>
 where

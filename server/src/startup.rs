@@ -33,9 +33,6 @@ use crate::users::{hmac, Users, Verifier};
 /// Metadata key holding the connection's role (`reader` or `writer`).
 pub(crate) const ACCESS_KEY: &str = "tally.access";
 
-/// The PostgreSQL version we report; drivers gate features on it.
-pub(crate) const SERVER_VERSION: &str = "16.6";
-
 enum State {
     Start,
     /// The SASL mechanisms were offered.
@@ -91,7 +88,7 @@ impl Startup {
         client.session_extensions().insert(CancelHandle(handle));
         client.session_extensions().insert(guard);
         let mut parameters = DefaultServerParameterProvider::default();
-        parameters.server_version = SERVER_VERSION.into();
+        parameters.server_version = tally_query::POSTGRES_VERSION.into();
         parameters.is_superuser = false;
         finish_authentication(client, &parameters).await
     }
@@ -101,7 +98,7 @@ impl Startup {
 /// client cannot tell unknown users from wrong passwords. Its salt is derived from the user
 /// name with the server's secret key, as PostgreSQL's mock salt is: the same name always gets
 /// the same salt, different names different ones, like real users.
-fn decoy(mock_key: &[u8; 32], user: &str) -> Verifier {
+pub(crate) fn decoy(mock_key: &[u8; 32], user: &str) -> Verifier {
     Verifier {
         iterations: crate::users::SCRAM_ITERATIONS,
         salt: hmac(mock_key, user.as_bytes())[..16].to_vec(),

@@ -84,6 +84,14 @@ impl Verifier {
         }
     }
 
+    /// Whether `password` is the one this verifier was derived from (for clients that send
+    /// a password, as HTTP Basic does, instead of a SCRAM exchange). Costs one PBKDF2.
+    pub fn verify(&self, password: &str) -> bool {
+        let derived = Verifier::with_salt(password, self.salt.clone(), self.iterations);
+        // Compared in constant time: no early exit tells how much of the key matched.
+        derived.stored_key.iter().zip(&self.stored_key).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+    }
+
     #[cfg(test)]
     pub(crate) fn for_test(password: &str, salt_base64: &str, iterations: u32) -> Verifier {
         Verifier::with_salt(password, STANDARD.decode(salt_base64).unwrap(), iterations)

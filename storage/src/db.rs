@@ -20,13 +20,15 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
-use tally_engine::{Applied, Event, Ledger, LoggedEvent, Refusal};
+use tally_engine::{Applied, Event, InferenceHistory, Ledger, LoggedEvent, Refusal};
 
 use crate::record::Kind;
 
 use crate::error::StorageError;
+use crate::history::LogHistory;
 use crate::log::{Recovery, SEGMENT_BYTES};
-use crate::payload::{self, Outcome, Proposal};
+use crate::payload::{self, Origin, Outcome, Proposal};
+use crate::producers::{Admission, MAX_PRODUCER_BYTES};
 use crate::raft::{LogStore, NodeId, Shared, StateMachine, TypeConfig};
 use rkyv::util::AlignedVec;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -50,11 +52,21 @@ impl Default for Options {
 }
 
 /// A batch handed over by `Database::submit`, not yet known durable.
-pub struct PendingWrite(oneshot::Receiver<Result<Applied, WriteError>>);
+pub struct PendingWrite(oneshot::Receiver<Result<Landed, WriteError>>);
+
+/// What became of a batch that was not refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Landed {
+    /// Appended and applied, with these lsns.
+    Applied(Applied),
+    /// Its producer had this batch number applied before (`Origin`): not applied again. The
+    /// original lsns, when still kept (`producers::ACKS_KEPT`).
+    Duplicate(Option<Applied>),
+}
 
 struct Request {
     part: AlignedVec<16>,
-    reply: oneshot::Sender<Result<Applied, WriteError>>,
+    reply: Reply,
 }
 
 /// How often the background checker re-reads every sealed segment's checksum.
@@ -194,14 +206,16 @@ async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<
     }
 }
 
-type Reply = oneshot::Sender<Result<Applied, WriteError>>;
+type Reply = oneshot::Sender<Result<Landed, WriteError>>;
 
 fn route(outcomes: Result<Vec<Outcome>, String>, replies: Vec<Reply>) {
     match outcomes {
         Ok(outcomes) if outcomes.len() == replies.len() => {
             for (o, r) in outcomes.into_iter().zip(replies) {
                 let _ = r.send(match o {
-                    Outcome::Applied(a) => Ok(a),
+                    Outcome::Applied(a) => Ok(Landed::Applied(a)),
+                    Outcome::Duplicate(a) => Ok(Landed::Duplicate(a)),
+                    Outcome::OutOfOrder { expected } => Err(WriteError::OutOfOrder { expected }),
                     Outcome::Refused(refusal) => Err(WriteError::Refused(refusal)),
                     Outcome::Malformed(m) => Err(WriteError::Malformed(m)),
                 });
@@ -219,6 +233,21 @@ fn route(outcomes: Result<Vec<Outcome>, String>, replies: Vec<Reply>) {
             }
         }
     }
+}
+
+/// A producer id is an id of the ledger's alphabet (surface.md) and a batch number is ≥ 1.
+fn check_origin(origin: &Origin) -> Result<(), WriteError> {
+    let id = origin.producer.as_str();
+    if !tally_engine::id::is_valid_id(id) {
+        return Err(WriteError::BadOrigin(format!(
+            "producer id {:?} must be 1 to {MAX_PRODUCER_BYTES} characters of A-Z a-z 0-9 . _ : @ / -",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    if origin.seq == 0 {
+        return Err(WriteError::BadOrigin("batch numbers start at 1".into()));
+    }
+    Ok(())
 }
 
 /// What opening a database found and did.
@@ -241,6 +270,16 @@ pub enum WriteError {
     /// Nothing of the batch was written (e.g. the disk is full).
     #[error("{0}")]
     Storage(String),
+    /// A streaming batch is not its producer's next (the one before it was not applied);
+    /// nothing of it was written.
+    #[error(
+        "this batch is not its producer's next: expected seq {expected} (the batch before it \
+         was not applied; resend from it)"
+    )]
+    OutOfOrder { expected: u64 },
+    /// A streaming batch's producer id or number is not valid; nothing was written.
+    #[error("{0}")]
+    BadOrigin(String),
     /// The batch does not fit one log record once encoded; nothing of it was written.
     #[error(
         "the batch is {bytes} bytes once encoded, more than the {max} a log record holds: split it"
@@ -322,7 +361,7 @@ impl Database {
             .build()
             .map_err(|e| StorageError::io(&dir, e))?;
         let (log, recovery) = LogStore::open(&dir.join("log"), options.segment_bytes)?;
-        let (sm, snapshot_discarded) = StateMachine::open(&dir)?;
+        let (sm, snapshot_discarded) = StateMachine::open(&dir, log.clone())?;
         let shared = sm.shared();
         let applied = shared.state.read().expect("state lock").last_applied;
         if applied.is_none() {
@@ -417,14 +456,37 @@ impl Database {
     /// Checks that need no ledger state (ids, sizes, fee range, entry counts) are made here,
     /// before anything is proposed: a batch refused for its shape costs no log space.
     pub async fn submit(&self, events: Vec<Event>) -> Result<PendingWrite, WriteError> {
+        self.submit_from(None, events).await
+    }
+
+    /// `submit` for a batch of streaming ingest: `origin` names its producer and number, and
+    /// a number its producer had applied already is not applied again (`Landed::Duplicate`;
+    /// known duplicates are answered without proposing anything).
+    pub async fn submit_from(
+        &self,
+        origin: Option<Origin>,
+        events: Vec<Event>,
+    ) -> Result<PendingWrite, WriteError> {
+        if let Some(origin) = &origin {
+            check_origin(origin)?;
+            let known = self.shared.state.read().expect("state lock").producers.admit(origin);
+            // Only duplicates are answered here. A number ahead of the last applied one is
+            // normal while earlier batches are in flight: the state machine judges it.
+            if let Admission::Duplicate(applied) = known {
+                let (reply, rx) = oneshot::channel();
+                let _ = reply.send(Ok(Landed::Duplicate(applied)));
+                return Ok(PendingWrite(rx));
+            }
+        }
         if let Some(i) = tally_engine::first_malformed(&events) {
             // The exact refusal is validation's: an earlier event may fail a stateful rule.
-            return Err(match self.read(|l| l.validate(&events[..=i])) {
+            let checked = self.read_checked(|l, h| l.validate_with_history(&events[..=i], h));
+            return Err(match checked {
                 Err(refusal) => WriteError::Refused(refusal),
                 Ok(()) => WriteError::Malformed(format!("event {i} is malformed")),
             });
         }
-        let part = payload::encode_batch(now_micros(), events);
+        let part = payload::encode_batch(now_micros(), origin, events);
         let bytes = payload::group_bytes(1, payload::aligned(part.len()));
         if bytes > payload::MAX_PROPOSAL_BYTES {
             return Err(WriteError::TooLarge { bytes, max: payload::MAX_PROPOSAL_BYTES });
@@ -437,21 +499,48 @@ impl Database {
         Ok(PendingWrite(rx))
     }
 
-    /// Waits for a submitted batch: its lsns once durable and applied, or its refusal.
+    /// Waits for a batch submitted without an origin: its lsns once durable and applied, or
+    /// its refusal.
     pub async fn finish(&self, pending: PendingWrite) -> Result<Applied, WriteError> {
-        let applied =
-            pending.0.await.map_err(|_| WriteError::Raft("the write was dropped".into()))??;
-        let since = applied.last_lsn.saturating_sub(self.snapshot_lsn.load(Ordering::Relaxed));
-        if since >= self.options.snapshot_every_events {
-            self.snapshot_lsn.store(applied.last_lsn, Ordering::Relaxed);
-            let _ = self.raft.trigger().snapshot().await;
+        match self.finish_from(pending).await? {
+            Landed::Applied(applied) => Ok(applied),
+            Landed::Duplicate(_) => {
+                Err(WriteError::Malformed("a batch without an origin was a duplicate".into()))
+            }
         }
-        Ok(applied)
+    }
+
+    /// Waits for a submitted batch: applied, or a duplicate of its producer's, or refused.
+    pub async fn finish_from(&self, pending: PendingWrite) -> Result<Landed, WriteError> {
+        let landed =
+            pending.0.await.map_err(|_| WriteError::Raft("the write was dropped".into()))??;
+        if let Landed::Applied(applied) = landed {
+            let since = applied.last_lsn.saturating_sub(self.snapshot_lsn.load(Ordering::Relaxed));
+            if since >= self.options.snapshot_every_events {
+                self.snapshot_lsn.store(applied.last_lsn, Ordering::Relaxed);
+                let _ = self.raft.trigger().snapshot().await;
+            }
+        }
+        Ok(landed)
+    }
+
+    /// The highest batch number applied for streaming-ingest producer `producer`.
+    pub fn producer_seq(&self, producer: &str) -> Option<u64> {
+        self.shared.state.read().expect("state lock").producers.last_seq(producer)
     }
 
     /// Reads the ledger state (a consistent view: no batch is applied while `f` runs).
     pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         f(&self.shared.state.read().expect("state lock").ledger)
+    }
+
+    /// As `read`, with the ledger's inference history over the log, for checks against the
+    /// live state that must settle inference-id fingerprint hits exactly as applying will
+    /// (`Ledger::validate_with_history`, `Ledger::validate_after_with_history`). A hit costs
+    /// one log read while the view is held.
+    pub fn read_checked<R>(&self, f: impl FnOnce(&Ledger, &dyn InferenceHistory) -> R) -> R {
+        let state = self.shared.state.read().expect("state lock");
+        f(&state.ledger, &LogHistory::new(&state.lsns, &self.log))
     }
 
     /// Calls `f` with every ledger event whose lsn is in `from..=to`, in order, with its lsn and

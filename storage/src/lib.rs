@@ -5,10 +5,12 @@
 pub mod db;
 pub mod error;
 pub mod flusher;
+pub mod history;
 pub mod log;
 pub mod lsn;
 mod meta;
 pub mod payload;
+pub mod producers;
 pub mod raft;
 pub mod record;
 pub mod salvage;
@@ -18,7 +20,8 @@ pub mod verify;
 
 pub use error::StorageError;
 
-pub use db::{Database, Opened, Options, PendingWrite, ScanCursor, WriteError};
+pub use db::{Database, Landed, Opened, Options, PendingWrite, ScanCursor, WriteError};
+pub use payload::Origin;
 
 fn merkle_hex(h: &[u8; 32]) -> String {
     tally_engine::merkle::to_hex(h)

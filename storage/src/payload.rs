@@ -30,22 +30,32 @@ pub fn aligned(len: usize) -> usize {
     len.next_multiple_of(16)
 }
 
+/// Who sent a batch, for exactly-once ingest (`producers.rs`): a producer's id and the batch's
+/// number, strictly increasing per producer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub producer: String,
+    pub seq: u64,
+}
+
 /// The archived content of one batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct BatchRecord {
     /// Microseconds since the Unix epoch, stamped when the batch was submitted.
     pub ts: i64,
+    /// Set for batches of streaming ingest; `None` for SQL and embedded writes.
+    pub origin: Option<Origin>,
     pub events: Vec<Event>,
 }
 
 /// One batch, archived (16-byte aligned bytes of a `BatchRecord`).
-pub fn encode_batch(ts: i64, events: Vec<Event>) -> AlignedVec<16> {
+pub fn encode_batch(ts: i64, origin: Option<Origin>, events: Vec<Event>) -> AlignedVec<16> {
     // Sized once, generously (about 234 bytes an event are written): growing by doubling
     // copies the whole archive each time into fresh pages, which cost a large COPY more than
     // serialising it. Capacity never touched costs nothing.
     let estimate = events.len().saturating_mul(ARCHIVE_BYTES_PER_EVENT).saturating_add(4096);
     let out = AlignedVec::<16>::with_capacity(estimate);
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&BatchRecord { ts, events }, out)
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&BatchRecord { ts, origin, events }, out)
         .expect("serialising a batch cannot fail")
 }
 
@@ -179,6 +189,14 @@ pub enum Outcome {
     Refused(Refusal),
     /// The bytes are not a batch archive (a bug or damage upstream); refused.
     Malformed(String),
+    /// Its producer had this batch number applied already (`producers.rs`): not applied
+    /// again; the original lsns when still kept.
+    Duplicate(Option<Applied>),
+    /// Its producer's previous number was not applied (`producers::Admission::Gap`):
+    /// refused, so that nothing is applied ahead of a refused batch.
+    OutOfOrder {
+        expected: u64,
+    },
 }
 
 /// What applying one Raft entry gave: one outcome per batch, in order (none for a blank or

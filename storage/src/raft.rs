@@ -18,14 +18,16 @@ use openraft::{
     RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError as RaftStorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use tally_engine::Ledger;
+use tally_engine::{InferenceHistory, Ledger};
 
 use crate::error::StorageError;
 use crate::flusher::Flusher;
+use crate::history::LogHistory;
 use crate::log::{Log, NewRecord, Recovery};
 use crate::lsn::LsnIndex;
 use crate::meta;
-use crate::payload::{self, Outcome, Outcomes, Proposal};
+use crate::payload::{self, BatchRecord, Outcome, Outcomes, Proposal};
+use crate::producers::{Admission, Producers};
 use crate::record::Kind;
 use crate::snapshot::{self, SnapshotFile};
 
@@ -337,6 +339,8 @@ pub struct SmState {
     pub membership: StoredMembership<NodeId, BasicNode>,
     /// Where each ledger lsn lives in the log.
     pub lsns: LsnIndex,
+    /// Who had which batches applied, for exactly-once ingest.
+    pub producers: Producers,
 }
 
 impl SmState {
@@ -346,6 +350,7 @@ impl SmState {
             last_applied: None,
             membership: StoredMembership::default(),
             lsns: LsnIndex::default(),
+            producers: Producers::default(),
         }
     }
 }
@@ -366,13 +371,16 @@ impl Shared {
 #[derive(Clone)]
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// The log the applied batches came from: the history that settles inference-id
+    /// fingerprint hits reads it (`history.rs`).
+    log: LogStore,
 }
 
 impl StateMachine {
     /// Loads the latest snapshot in `dir`, if any; entries after it are re-applied by Raft.
     /// A damaged snapshot is set aside (renamed `snapshot.bin.damaged`) and the state is
     /// rebuilt from the log; the reason is returned.
-    pub fn open(dir: &Path) -> Result<(StateMachine, Option<String>), StorageError> {
+    pub fn open(dir: &Path, log: LogStore) -> Result<(StateMachine, Option<String>), StorageError> {
         let path = dir.join(snapshot::FILE);
         let loaded = snapshot::load(&path).map(|f| match f {
             Some((meta, state)) => (state, Some(meta)),
@@ -388,7 +396,7 @@ impl StateMachine {
         };
         let shared =
             Shared { state: RwLock::new(state), dir: dir.into(), current: Mutex::new(current) };
-        Ok((StateMachine { shared: Arc::new(shared) }, discarded))
+        Ok((StateMachine { shared: Arc::new(shared), log }, discarded))
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -396,7 +404,7 @@ impl StateMachine {
     }
 }
 
-fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcomes {
+fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>, log: &LogStore) -> Outcomes {
     let index = entry.log_id.index;
     state.last_applied = Some(entry.log_id);
     match entry.payload {
@@ -414,7 +422,7 @@ fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcomes {
                 parts
                     .into_iter()
                     .enumerate()
-                    .map(|(k, part)| apply_batch(state, index, k as u32, part))
+                    .map(|(k, part)| apply_batch(state, index, k as u32, part, log))
                     .collect(),
             ),
         },
@@ -422,7 +430,13 @@ fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>) -> Outcomes {
 }
 
 /// Applies one batch of an entry: all of it or, refused, none of it.
-fn apply_batch(state: &mut SmState, index: u64, part: u32, bytes: &[u8]) -> Outcome {
+fn apply_batch(
+    state: &mut SmState,
+    index: u64,
+    part: u32,
+    bytes: &[u8],
+    log: &LogStore,
+) -> Outcome {
     let batch = match payload::decode(bytes) {
         Ok(b) => b,
         Err(e) => {
@@ -431,15 +445,41 @@ fn apply_batch(state: &mut SmState, index: u64, part: u32, bytes: &[u8]) -> Outc
         }
     };
     let ts_before = state.ledger.last_ts();
-    match state.ledger.apply(&batch.events, batch.ts) {
+    // The lsn index is a field apart from the ledger: it is read while the ledger changes.
+    let history = LogHistory::new(&state.lsns, log);
+    let outcome = apply_record(&mut state.ledger, &mut state.producers, index, &batch, &history);
+    match &outcome {
+        Outcome::Applied(a) => state.lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before),
+        // A duplicate adds no events: for the lsn index it is a batch without lsns.
+        _ => state.lsns.refused(index, part),
+    }
+    outcome
+}
+
+/// Applies a decoded batch of the entry at log `index` to the ledger and the producer table:
+/// what the state machine does, and what a replay of the log does again (`verify.rs`).
+pub(crate) fn apply_record(
+    ledger: &mut Ledger,
+    producers: &mut Producers,
+    index: u64,
+    batch: &BatchRecord,
+    history: &dyn InferenceHistory,
+) -> Outcome {
+    if let Some(origin) = &batch.origin {
+        match producers.admit(origin) {
+            Admission::Fresh => {}
+            Admission::Duplicate(applied) => return Outcome::Duplicate(applied),
+            Admission::Gap { expected } => return Outcome::OutOfOrder { expected },
+        }
+    }
+    match ledger.apply_with_history(&batch.events, batch.ts, history) {
         Ok(applied) => {
-            state.lsns.accepted(index, part, applied.first_lsn, applied.last_lsn, ts_before);
+            if let Some(origin) = &batch.origin {
+                producers.record(origin, index, applied);
+            }
             Outcome::Applied(applied)
         }
-        Err(refusal) => {
-            state.lsns.refused(index, part);
-            Outcome::Refused(refusal)
-        }
+        Err(refusal) => Outcome::Refused(refusal),
     }
 }
 
@@ -459,7 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut s = self.shared.state.write().expect("state lock");
-        Ok(entries.into_iter().map(|e| apply_entry(&mut s, e)).collect())
+        Ok(entries.into_iter().map(|e| apply_entry(&mut s, e, &self.log)).collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -512,9 +552,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftError> {
-        let (ledger, last_applied, membership, lsns) = {
+        let (ledger, last_applied, membership, lsns, producers) = {
             let s = self.shared.state.read().expect("state lock");
-            (s.ledger.clone(), s.last_applied, s.membership.clone(), s.lsns.clone())
+            let (lsns, producers) = (s.lsns.clone(), s.producers.clone());
+            (s.ledger.clone(), s.last_applied, s.membership.clone(), lsns, producers)
         };
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -522,7 +563,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta =
             SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let bytes = SnapshotFile::encode(&meta, &lsns, &ledger);
+        let bytes = SnapshotFile::encode(&meta, &lsns, &producers, &ledger);
         meta::write_atomic(&self.shared.snapshot_path(), &bytes).map_err(|e| {
             RaftError::from(StorageIOError::write_snapshot(
                 Some(meta.signature()),

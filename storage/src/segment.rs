@@ -33,8 +33,9 @@ pub const HEADER_SIZE: u64 = 64;
 const MAGIC: &[u8; 8] = b"TALLYLOG";
 const FORMAT_VERSION: u32 = 1;
 /// rkyv's format as this build writes it: bit 0 little-endian, bit 1 aligned, byte 2 the
-/// relative pointer width in bytes. A build with other rkyv features must refuse old files.
-pub const PAYLOAD_FORMAT: u32 = 0x0004_0003;
+/// relative pointer width in bytes, byte 3 the version of the batch record (1: with its
+/// `Origin`). A build with other rkyv features or another record must refuse old files.
+pub const PAYLOAD_FORMAT: u32 = 0x0104_0003;
 /// A sparse index point every this many bytes of records.
 const SPARSE_BYTES: u64 = 256 * 1024;
 

@@ -3,7 +3,7 @@
 //! the log: every event stays in the segments.
 //!
 //! Layout: magic `TALLYSNP`, format version (u32), meta length (u32), Raft snapshot meta (JSON),
-//! the lsn index (`lsn.rs`), image length (u64), zero padding to a 16-byte boundary, the engine
+//! the lsn index (`lsn.rs`), the producer table (`producers.rs`), image length (u64), zero padding to a 16-byte boundary, the engine
 //! image (`Ledger::encode_image`), and a CRC32C of everything before it.
 
 use std::path::Path;
@@ -13,6 +13,7 @@ use tally_engine::Ledger;
 
 use crate::error::StorageError;
 use crate::lsn::LsnIndex;
+use crate::producers::Producers;
 use crate::raft::{NodeId, SmState};
 
 pub const FILE: &str = "snapshot.bin";
@@ -20,12 +21,14 @@ pub const FILE: &str = "snapshot.bin";
 /// openraft's description of a snapshot.
 pub type Meta = SnapshotMeta<NodeId, BasicNode>;
 const MAGIC: &[u8; 8] = b"TALLYSNP";
-const VERSION: u32 = 1;
+/// 2: with the producer table.
+const VERSION: u32 = 2;
 
 /// A parsed snapshot file, borrowing the engine image from the file's bytes.
 pub struct SnapshotFile<'a> {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     pub lsns: LsnIndex,
+    pub producers: Producers,
     image: &'a [u8],
 }
 
@@ -37,6 +40,7 @@ impl<'a> SnapshotFile<'a> {
     pub fn encode(
         meta: &SnapshotMeta<NodeId, BasicNode>,
         lsns: &LsnIndex,
+        producers: &Producers,
         ledger: &Ledger,
     ) -> Vec<u8> {
         let meta_json = serde_json::to_vec(meta).expect("snapshot meta serialises");
@@ -47,6 +51,7 @@ impl<'a> SnapshotFile<'a> {
         out.extend_from_slice(&(meta_json.len() as u32).to_le_bytes());
         out.extend_from_slice(&meta_json);
         lsns.encode(&mut out);
+        producers.encode(&mut out);
         out.extend_from_slice(&(image.len() as u64).to_le_bytes());
         out.resize(out.len().next_multiple_of(16), 0);
         out.extend_from_slice(&image);
@@ -76,13 +81,16 @@ impl<'a> SnapshotFile<'a> {
         let (lsns, used) =
             LsnIndex::decode(&body[meta_end..]).ok_or_else(|| bad("bad lsn index"))?;
         let at = meta_end + used;
+        let (producers, used) =
+            Producers::decode(&body[at..]).ok_or_else(|| bad("bad producer table"))?;
+        let at = at + used;
         let len = body.get(at..at + 8).ok_or_else(|| bad("truncated"))?;
         let image_len = u64::from_le_bytes(len.try_into().expect("8")) as usize;
         let start = (at + 8).next_multiple_of(16);
         let image = body
             .get(start..start.saturating_add(image_len))
             .ok_or_else(|| bad("truncated image"))?;
-        Ok(SnapshotFile { meta, lsns, image })
+        Ok(SnapshotFile { meta, lsns, producers, image })
     }
 
     pub fn into_state(self) -> Result<SmState, StorageError> {
@@ -92,6 +100,7 @@ impl<'a> SnapshotFile<'a> {
             last_applied: self.meta.last_log_id,
             membership: self.meta.last_membership.clone(),
             lsns: self.lsns,
+            producers: self.producers,
         })
     }
 }

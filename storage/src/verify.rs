@@ -8,8 +8,12 @@ use tally_engine::{replay, CpuSettler, Ledger, LoggedEvent};
 
 use crate::db::{Database, Opened, Options};
 use crate::error::StorageError;
+use crate::history::LogHistory;
+use crate::lsn::LsnIndex;
 use crate::merkle_hex;
-use crate::payload;
+use crate::payload::{self, Outcome};
+use crate::producers::Producers;
+use crate::raft::apply_record;
 use crate::record::Kind;
 
 #[derive(Debug, Clone)]
@@ -50,8 +54,12 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
     // Pass 1: apply every batch of every entry in log order, as the state machine did;
     // record which were refused and compare with what the live state recorded.
     let mut ledger = Ledger::new();
+    let mut producers = Producers::default();
     let (mut accepted, mut refused) = (0u64, 0u64);
     let mut refused_at: Vec<(u64, u32)> = Vec::new();
+    // The replay's own lsn index, built as the state machine builds its one: inference-id
+    // fingerprint hits are settled by reading the log through it (`history.rs`).
+    let mut lsns = LsnIndex::default();
     db.log().with_log(|log| {
         let Some(first) = log.first_index() else { return };
         for r in log.iter_from(first) {
@@ -67,15 +75,25 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
             if parts.is_empty() {
                 refused += 1;
                 refused_at.push((r.header.index, 0));
+                lsns.refused(r.header.index, 0);
             }
+            let index = r.header.index;
             for (k, part) in parts.into_iter().enumerate() {
-                let outcome = payload::decode(part)
-                    .and_then(|b| ledger.apply(&b.events, b.ts).map_err(|e| e.to_string()));
+                let ts_before = ledger.last_ts();
+                let outcome = payload::decode(part).map(|b| {
+                    let history = LogHistory::over_log(&lsns, log);
+                    apply_record(&mut ledger, &mut producers, index, &b, &history)
+                });
                 match outcome {
-                    Ok(_) => accepted += 1,
-                    Err(_) => {
+                    Ok(Outcome::Applied(a)) => {
+                        accepted += 1;
+                        lsns.accepted(index, k as u32, a.first_lsn, a.last_lsn, ts_before);
+                    }
+                    // Refused, malformed, or a producer's duplicate: no events.
+                    _ => {
                         refused += 1;
                         refused_at.push((r.header.index, k as u32));
+                        lsns.refused(index, k as u32);
                     }
                 }
             }
@@ -87,6 +105,9 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
             if !state.lsns.is_refused(i, k) {
                 problems.push(format!("log index {i} batch {k}: refused on replay, accepted live"));
             }
+        }
+        if state.producers != producers {
+            problems.push("the live producer table differs from a replay of the log".into());
         }
         if state.lsns.last_lsn() != ledger.last_lsn() {
             problems.push(format!(

@@ -1,9 +1,11 @@
 //! `tally`: the one binary. Subcommands: `serve` (SQL over the PostgreSQL wire protocol),
 //! `user add`, `demo` (fill a data directory with a synthetic ledger), `verify` (rebuild from
-//! the log and compare), `salvage` (explicitly cut a corrupt log at its last good record).
+//! the log and compare), `salvage` (explicitly cut a corrupt log at its last good record),
+//! `ingest` (stream CSV or JSON-lines files into a server over Arrow Flight).
 //! Argument parsing and output only; the work is in the crates.
 
 mod demo;
+mod ingest;
 mod serve;
 mod torture;
 
@@ -57,6 +59,9 @@ enum Command {
         #[arg(long, default_value = "./tally-data")]
         data: PathBuf,
     },
+    /// Stream CSV or JSON-lines files (or stdin) into a server's ingest endpoint, batched,
+    /// with retries that never double-count.
+    Ingest(ingest::Args),
     /// Fault-testing aid: write numbered batches until killed, acknowledging each.
     #[command(hide = true)]
     Torture {
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Command::Demo { data, seed, inferences } => demo::run(&data, seed, inferences),
         Command::Verify { data } => verify(&data),
         Command::Salvage { data } => salvage(&data),
+        Command::Ingest(args) => ingest::run(args),
         Command::Torture { data, batches } => torture::run(&data, batches),
     };
     match result {

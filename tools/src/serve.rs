@@ -1,6 +1,6 @@
-//! `tally serve`: one node serving SQL over the PostgreSQL wire protocol on the embedded
-//! database (`--demo` first fills an empty data directory with the demo ledger), and
-//! `tally user add`. Wiring and messages only; the server is `tally-server`.
+//! `tally serve`: one node serving SQL over the PostgreSQL wire protocol and streaming ingest
+//! over Arrow Flight on the embedded database (`--demo` first fills an empty data directory
+//! with the demo ledger), and `tally user add`. Wiring and messages only; the server is `tally-server`.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -22,6 +22,9 @@ pub struct Args {
     /// Address to listen on; without users only a loopback address is allowed.
     #[arg(long, default_value = tally_server::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    /// Address streaming ingest (Arrow Flight) listens on; `off`: none.
+    #[arg(long, default_value = tally_server::DEFAULT_INGEST_LISTEN)]
+    pub ingest: IngestAddr,
     /// Users file (SCRAM verifiers); default `<data>/users`. None: development mode.
     #[arg(long)]
     pub users: Option<PathBuf>,
@@ -56,6 +59,23 @@ pub struct Args {
 /// (tally_query::MAX_EXPRESSION_DEPTH); the walks over what is accepted recurse, and this
 /// leaves them room many times over. Reserved address space, not memory, until touched.
 const THREAD_STACK_BYTES: usize = 16 << 20;
+
+/// `--ingest`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestAddr(Option<SocketAddr>);
+
+impl std::str::FromStr for IngestAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<IngestAddr, String> {
+        if text == "off" {
+            return Ok(IngestAddr(None));
+        }
+        let addr =
+            text.parse().map_err(|e| format!("{e} (an address like 127.0.0.1:5434, or off)"))?;
+        Ok(IngestAddr(Some(addr)))
+    }
+}
 
 /// The users file of a data directory unless `--users` names another.
 pub fn users_path(data: &Path, users: Option<&PathBuf>) -> PathBuf {
@@ -116,6 +136,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
             startup: Duration::from_secs(args.startup_timeout_s),
             idle: (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s)),
         },
+        ingest: args.ingest.0,
     };
     let served = runtime.block_on(async {
         let server = Server::bind(sql, options).await?;
@@ -133,6 +154,9 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
             addr.ip(),
             addr.port()
         );
+        if let Some(ingest) = server.ingest_addr() {
+            println!("streaming ingest (Arrow Flight) on {ingest}: `tally ingest --server {ingest} FILE`");
+        }
         server.run(shutdown_signal()).await;
         Ok::<(), tally_server::ServerError>(())
     });

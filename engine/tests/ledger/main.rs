@@ -10,8 +10,8 @@ mod shape;
 
 use tally_engine::{
     json, merkle, replay, Attribution, Contribution, CpuSettler, Datanet, Event, EventKind,
-    Inference, InferenceHistory, Ledger, LoggedEvent, Model, Policy, Refusal, RefusalClass,
-    Revocation, Role, Rule, ScoredInference, Settlement,
+    Inference, InferenceHistory, Ledger, LoggedEvent, Model, Pending, Policy, Refusal,
+    RefusalClass, Revocation, Role, Rule, ScoredInference, Settlement,
 };
 
 pub fn hash(n: u64) -> String {
@@ -560,25 +560,95 @@ fn refusal_leaves_no_trace_of_earlier_events_in_the_batch() {
     l.apply(&[dn("new-dn", "newcomer"), inf("i-ok", "m-base", 100, &[("c1", 1.0)])], 5).unwrap();
 }
 
-struct Log(Vec<String>);
+/// Two distinct inference ids with the same 64-bit fingerprint (xxh3-64 0x0fa3b7dd4c49eb60,
+/// found by a rho search; `fingerprint.rs` checks that they collide).
+pub const COLLIDING: [&str; 2] = ["inf-e9fa0fdf976e989a", "inf-8f45f239c99c15f3"];
 
-impl InferenceHistory for Log {
-    fn accepted_before(&self, inference: &str, _before: u64) -> bool {
-        self.0.iter().any(|i| i == inference)
+/// A history that knows the inference id at each lsn it was told about, and cannot read any
+/// other (as a damaged log record would).
+#[derive(Default)]
+struct Ids(std::collections::HashMap<u64, String>);
+
+impl Ids {
+    /// The last event applied to `l` is inference `id`.
+    fn applied(&mut self, l: &Ledger, id: &str) {
+        self.0.insert(l.last_lsn(), id.into());
+    }
+}
+
+impl InferenceHistory for Ids {
+    fn is_inference(&self, lsn: u64, inference: &str) -> Result<bool, String> {
+        let id = self.0.get(&lsn).ok_or_else(|| format!("no record of lsn {lsn}"))?;
+        Ok(id == inference)
     }
 }
 
 #[test]
-fn fingerprint_hits_are_confirmed_by_the_history_when_attached() {
+fn a_fingerprint_collision_is_accepted_only_when_the_history_tells_the_ids_apart() {
+    let [a, b] = COLLIDING;
     let mut l = worked_example_setup();
-    l.apply(&[inf("i1", "m-base", 5, &[])], 2).unwrap();
-    // A history that does not know "i1" says the hit was a collision: accepted.
-    l.set_history(std::sync::Arc::new(Log(vec![])));
-    l.apply(&[inf("i1", "m-base", 5, &[])], 3).unwrap();
-    // A history that knows it confirms the duplicate.
-    l.set_history(std::sync::Arc::new(Log(vec!["i1".into()])));
-    let r = refused(&mut l, &[inf("i1", "m-base", 5, &[])]);
-    assert_eq!(r.rule, Rule::DuplicateInference);
+    let mut ids = Ids::default();
+    l.apply(&[inf(a, "m-base", 5, &[])], 2).unwrap();
+    ids.applied(&l, a);
+    // Without a history a hit is refused as a duplicate: the conservative answer.
+    assert_eq!(l.validate(&[inf(b, "m-base", 5, &[])]).unwrap_err().rule, Rule::DuplicateInference);
+    let r = refused(&mut l, &[inf(b, "m-base", 5, &[])]);
+    assert_eq!((r.rule.class(), r.value.as_str()), (RefusalClass::Duplicate, b));
+    // The history reads `a` at the candidate lsn: `b` is another id, accepted.
+    l.validate_with_history(&[inf(b, "m-base", 5, &[])], &ids).unwrap();
+    l.apply_with_history(&[inf(b, "m-base", 6, &[])], 3, &ids).unwrap();
+    ids.applied(&l, b);
+    // True duplicates of either are refused, whichever candidate lsn holds them.
+    for id in [a, b] {
+        let r = l.apply_with_history(&[inf(id, "m-base", 7, &[])], 4, &ids).unwrap_err();
+        assert_eq!((r.rule, r.value.as_str()), (Rule::DuplicateInference, id));
+    }
+    // A history that cannot read a candidate refuses rather than guess.
+    let r = l.apply_with_history(&[inf(b, "m-base", 7, &[])], 4, &Ids::default()).unwrap_err();
+    let lsn = l.last_lsn() - 1;
+    assert!(matches!(&r.rule, Rule::UnconfirmedInference { lsn: at, .. } if *at == lsn), "{r}");
+    assert_eq!(r.rule.class(), RefusalClass::Duplicate);
+    // A transaction block sees the same exact check.
+    let mut pending = Pending::default();
+    let r = l.validate_after_with_history(&mut pending, &[inf(a, "m-base", 1, &[])], &ids);
+    assert_eq!(r.unwrap_err().rule, Rule::DuplicateInference);
+    assert!(l.validate_after(&mut pending, &[inf(b, "m-base", 1, &[])]).is_err());
+}
+
+#[test]
+fn an_accepted_collision_survives_replay_and_images() {
+    let [a, b] = COLLIDING;
+    let mut ids = Ids::default();
+    let mut l = Ledger::new();
+    let mut log = Vec::new();
+    let batches = [
+        worked_example_setup_events(),
+        vec![inf(a, "m-base", 5, &[])],
+        vec![inf(b, "m-base", 6, &[])],
+    ];
+    for (k, batch) in batches.into_iter().enumerate() {
+        let applied = l.apply_with_history(&batch, k as i64, &ids).unwrap();
+        if let Some(Event::Inference(i)) = batch.last() {
+            ids.applied(&l, &i.inference);
+        }
+        for (j, event) in batch.into_iter().enumerate() {
+            log.push(LoggedEvent { lsn: applied.first_lsn + j as u64, ts: applied.ts, event });
+        }
+    }
+    // Replayed events were accepted once: the collision replays, event by event or in batch.
+    let replayed = replay(log.iter(), &CpuSettler).unwrap();
+    let mut stepped = Ledger::new();
+    for e in &log {
+        stepped.apply_logged(std::slice::from_ref(e)).unwrap();
+    }
+    let back = Ledger::decode_image(&l.encode_image()).unwrap();
+    for state in [replayed, stepped, back] {
+        assert_eq!(state.digest(), l.digest());
+        for id in [a, b] {
+            let r = state.validate_with_history(&[inf(id, "m-base", 1, &[])], &ids);
+            assert_eq!(r.unwrap_err().rule, Rule::DuplicateInference);
+        }
+    }
 }
 
 // ---- formats

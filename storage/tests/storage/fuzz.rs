@@ -44,7 +44,8 @@ fn batch(n: usize) -> Vec<Event> {
 fn proposal() -> &'static [u8] {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        let parts: Vec<_> = (1..4).map(|n| payload::encode_batch(n as i64, batch(n))).collect();
+        let parts: Vec<_> =
+            (1..4).map(|n| payload::encode_batch(n as i64, None, batch(n))).collect();
         Proposal::group(&parts).as_bytes().to_vec()
     })
 }

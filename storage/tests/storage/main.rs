@@ -3,5 +3,7 @@
 
 mod db;
 mod fuzz;
+mod history;
 mod log_faults;
+mod producers;
 mod raft_suite;

@@ -12,7 +12,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, _) = LogStore::open(&dir.path().join("log"), 64 * 1024).expect("open log");
-        let (sm, _) = StateMachine::open(dir.path()).expect("open state machine");
+        let (sm, _) = StateMachine::open(dir.path(), log.clone()).expect("open state machine");
         Ok((dir, log, sm))
     }
 }

@@ -5,5 +5,6 @@
 mod clients;
 mod fuzz;
 mod hostile;
+mod ingest;
 mod served;
 mod wire;

@@ -27,16 +27,19 @@ pub fn tally() -> Command {
 pub struct Served {
     pub child: Child,
     pub port: u16,
+    /// Streaming ingest's port.
+    pub ingest_port: u16,
     stdout: mpsc::Receiver<String>,
 }
 
 impl Served {
     pub fn start(data: &Path, extra: &[&str]) -> Served {
-        let port = free_port();
+        let (port, ingest_port) = (free_port(), free_port());
         let mut child = tally()
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--ingest", &format!("127.0.0.1:{ingest_port}")])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -58,7 +61,7 @@ impl Served {
                 Err(_) => panic!("tally serve did not start: {:?}", child.try_wait()),
             }
         }
-        Served { child, port, stdout: rx }
+        Served { child, port, ingest_port, stdout: rx }
     }
 
     pub fn dsn(&self) -> String {

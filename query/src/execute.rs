@@ -1,0 +1,245 @@
+//! Runs one statement of a session: the one path every SQL front end takes (the wire protocol,
+//! the embedded `Sql::query`). In surface.md's order: transaction control (what a failed block
+//! still answers), the failed-block refusal, the role and append-only checks, then planning and
+//! running; a write goes to the session's block or is appended (`transaction.rs`).
+//!
+//! A statement may be stopped (statement timeout, cancel) while it plans and runs, never once
+//! its write has been handed to the ledger: the answer is then what happened to the write.
+//! Statements whose expressions nest deeply are planned on a blocking thread, at most one per
+//! core at a time (`HEAVY_DEPTH`), so they never hold up the threads that serve every client.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::Statement;
+
+use crate::session::Output;
+use crate::transaction::Session;
+use crate::{Access, CopyIn, QueryError, Sql};
+
+/// Statements whose expressions may nest deeper than this (`check_statement_text`) are planned
+/// on a blocking thread, at most one per core at a time: DataFusion's planning time grows with
+/// the square of the depth (1.4 s at the limit, release build, docs/benchmarks.md) and cannot
+/// be interrupted, so it must not hold up the threads that serve every connection.
+pub const HEAVY_DEPTH: usize = 64;
+
+/// One statement to run.
+pub struct Request<'a> {
+    pub statement: &'a Statement,
+    /// Planned already (the extended protocol plans at Parse); else planned here.
+    pub plan: Option<LogicalPlan>,
+    /// Values for its placeholders (`$1`).
+    pub params: Option<ParamValues>,
+    /// Its text nests deeper than `HEAVY_DEPTH` (`Parsed::heavy`).
+    pub heavy: bool,
+}
+
+impl<'a> Request<'a> {
+    /// A statement as parsed, planned when run.
+    pub fn new(statement: &'a Statement, heavy: bool) -> Request<'a> {
+        Request { statement, plan: None, params: None, heavy }
+    }
+}
+
+/// What a statement did.
+pub enum Outcome {
+    /// A query's rows, ready to run (lazily) against its own snapshot.
+    Rows(DataFrame),
+    /// A command done: its tag (`INSERT` with the rows written, `BEGIN`, `COMMIT`, …).
+    Done(Done),
+    /// `COPY … FROM STDIN`: the front end collects the data and calls `Sql::copy_in`.
+    CopyIn(CopyIn),
+    /// A setting of the client's session (SET, RESET, SHOW, DISCARD, DEALLOCATE): what the
+    /// front end keeps per connection, so the front end applies it.
+    Setting,
+}
+
+/// A command's completion, as PostgreSQL tags it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub tag: &'static str,
+    /// Rows written, for INSERT and COPY.
+    pub rows: Option<u64>,
+}
+
+impl Done {
+    pub(crate) fn tag(tag: &'static str) -> Done {
+        Done { tag, rows: None }
+    }
+}
+
+/// Whether a statement is a setting of the client's session (`Outcome::Setting`).
+fn is_setting(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Set(_)
+            | Statement::Reset(_)
+            | Statement::ShowVariable { .. }
+            | Statement::ShowStatus { .. }
+            | Statement::Discard { .. }
+            | Statement::Deallocate { .. }
+    )
+}
+
+impl Sql {
+    /// Runs one statement of `session` for a client with `access`. `stop` resolves with the
+    /// error to answer when the statement must stop (timeout, cancel); it is polled while the
+    /// statement plans and runs, not once its write is handed to the ledger. An error inside
+    /// a transaction block fails the block.
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        access: Access,
+        request: Request<'_>,
+        stop: impl Future<Output = QueryError> + Send,
+    ) -> Result<Outcome, QueryError> {
+        let result = self.execute_in(session, access, request, stop).await;
+        if result.is_err() {
+            session.fail();
+        }
+        result
+    }
+
+    async fn execute_in(
+        &self,
+        session: &mut Session,
+        access: Access,
+        request: Request<'_>,
+        stop: impl Future<Output = QueryError> + Send,
+    ) -> Result<Outcome, QueryError> {
+        let statement = request.statement;
+        if let Statement::Commit { .. } = statement {
+            return self.commit(session).await.map(Outcome::Done);
+        }
+        if let Some(done) = session.control(statement) {
+            return done.map(Outcome::Done);
+        }
+        session.usable()?;
+        if is_setting(statement) {
+            return Ok(Outcome::Setting);
+        }
+        Sql::check(statement, access)?;
+        if let Some(copy) = CopyIn::from_statement(statement) {
+            return copy.map(Outcome::CopyIn);
+        }
+        let output = tokio::select! {
+            biased;
+            output = self.plan_and_run(request) => output?,
+            stopped = stop => return Err(stopped),
+        };
+        match output {
+            Output::Rows(df) => Ok(Outcome::Rows(df)),
+            Output::Write { table, events } => {
+                let rows = self.write(session, table, events).await?;
+                Ok(Outcome::Done(Done { tag: "INSERT", rows: Some(rows) }))
+            }
+        }
+    }
+
+    /// Plans (unless planned already), binds and runs one statement; a heavy one on a
+    /// blocking thread (`HEAVY_DEPTH`).
+    async fn plan_and_run(&self, request: Request<'_>) -> Result<Output, QueryError> {
+        let Request { statement, plan, params, heavy } = request;
+        if !heavy {
+            return self.plan_bind_run(statement, plan, params).await;
+        }
+        let (this, statement) = (self.clone(), statement.clone());
+        self.on_blocking_thread(async move { this.plan_bind_run(&statement, plan, params).await })
+            .await
+    }
+
+    async fn plan_bind_run(
+        &self,
+        statement: &Statement,
+        plan: Option<LogicalPlan>,
+        params: Option<ParamValues>,
+    ) -> Result<Output, QueryError> {
+        let plan = match plan {
+            Some(p) => p,
+            None => self.plan(statement).await?,
+        };
+        let plan = match params {
+            Some(p) => plan.replace_params_with_values(&p)?,
+            None => plan,
+        };
+        self.run(plan).await
+    }
+
+    /// Plans a statement, a heavy one (`HEAVY_DEPTH`) on a blocking thread.
+    pub async fn plan_request(
+        &self,
+        statement: &Statement,
+        heavy: bool,
+    ) -> Result<LogicalPlan, QueryError> {
+        if !heavy {
+            return self.plan(statement).await;
+        }
+        let (this, statement) = (self.clone(), statement.clone());
+        self.on_blocking_thread(async move { this.plan(&statement).await }).await
+    }
+
+    /// Runs `work` on a blocking thread, at most one per core at a time. If the caller stops
+    /// waiting (timeout, cancel), the work still holds its permit until it ends, so abandoned
+    /// work cannot pile up.
+    async fn on_blocking_thread<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, QueryError>> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let permit = self.heavy_planning().clone().acquire_owned().await;
+        let permit = permit.map_err(|_| QueryError::ShuttingDown)?;
+        let handle = tokio::runtime::Handle::current();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            handle.block_on(work)
+        })
+        .await;
+        joined.map_err(|e| QueryError::Internal(format!("planning failed: {e}")))?
+    }
+
+    /// Runs SQL text for the embedded API, one statement after another in one session (so
+    /// BEGIN … COMMIT works as on the wire), as a `writer`; returns the last statement's rows
+    /// (a write returns one `count` row, any other command none).
+    pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        let parsed = Sql::parse(sql)?;
+        let mut session = Session::default();
+        let mut last = Vec::new();
+        for statement in &parsed.statements {
+            let request = Request::new(statement, parsed.heavy);
+            let outcome =
+                self.execute(&mut session, Access::Writer, request, std::future::pending());
+            last = match outcome.await? {
+                Outcome::Rows(df) => {
+                    df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?
+                }
+                Outcome::Done(Done { rows: Some(n), .. }) => count_batch(n)?,
+                Outcome::Done(_) => Vec::new(),
+                Outcome::CopyIn(_) => {
+                    return Err(QueryError::Unsupported(
+                        "COPY FROM STDIN needs data: use Sql::copy_in".into(),
+                    ))
+                }
+                Outcome::Setting => {
+                    return Err(QueryError::Unsupported(
+                        "SET, SHOW and DISCARD are settings of a server session".into(),
+                    ))
+                }
+            };
+        }
+        Ok(last)
+    }
+
+    /// `query` for callers without an async runtime.
+    pub fn query_blocking(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+        self.database().runtime().block_on(self.query(sql))
+    }
+}
+
+fn count_batch(n: u64) -> Result<Vec<RecordBatch>, QueryError> {
+    let schema = Arc::new(Schema::new(vec![Field::new("count", DataType::Int64, false)]));
+    Ok(vec![RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![n as i64]))])?])
+}
