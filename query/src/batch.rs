@@ -18,6 +18,14 @@ use crate::QueryError;
 /// The events `batch`'s rows stand for, as rows of `table` (a write table of surface.md).
 /// Refusals name the row (1-based in the batch), its field and value.
 pub fn events_from_batch(table: &str, batch: &RecordBatch) -> Result<Vec<Event>, QueryError> {
+    table_events(table, batch).map(|(_, events)| events)
+}
+
+/// `events_from_batch`, with the table's name as the contract spells it.
+pub(crate) fn table_events(
+    table: &str,
+    batch: &RecordBatch,
+) -> Result<(&'static str, Vec<Event>), QueryError> {
     let (table, writable) = row::writable(table).ok_or_else(|| {
         let tables: Vec<&str> = row::WRITABLE.iter().map(|(t, _)| *t).collect();
         QueryError::NotAllowed(format!(
@@ -48,7 +56,7 @@ pub fn events_from_batch(table: &str, batch: &RecordBatch) -> Result<Vec<Event>,
             .map_err(|e| e.refusal(table, r + 1))?;
         events.push(event);
     }
-    Ok(events)
+    Ok((table, events))
 }
 
 /// The batch's column for each writable column of `table` (in contract order), `None` where

@@ -9,7 +9,7 @@ use datafusion::arrow::array::RecordBatch;
 use tally_engine::Pending;
 use tally_storage::{Landed, Origin, PendingWrite, WriteError};
 
-use crate::batch::events_from_batch;
+use crate::batch::table_events;
 use crate::transaction::write_error;
 use crate::{QueryError, Sql};
 
@@ -40,8 +40,7 @@ impl Sql {
         table: &str,
         batch: &RecordBatch,
     ) -> Result<PendingBatch, QueryError> {
-        let events = events_from_batch(table, batch)?;
-        let table = crate::row::writable(table).expect("checked by events_from_batch").0;
+        let (table, events) = table_events(table, batch)?;
         let write = self
             .database()
             .submit_from(Some(origin), events)
@@ -65,8 +64,7 @@ impl Sql {
         table: &str,
         batch: &RecordBatch,
     ) -> Result<u64, QueryError> {
-        let events = events_from_batch(table, batch)?;
-        let table = crate::row::writable(table).expect("checked by events_from_batch").0;
+        let (table, events) = table_events(table, batch)?;
         let rows = events.len() as u64;
         if dry.rows + rows > MAX_DRY_RUN_ROWS {
             return Err(QueryError::TooLarge(format!(

@@ -30,7 +30,8 @@ use crate::raft::LogStore;
 use crate::record::Kind;
 
 /// Where the records come from.
-enum Records<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Records<'a> {
     /// The database's log, locked for each read.
     Store(&'a LogStore),
     /// A log the caller holds already.
@@ -50,9 +51,10 @@ impl<'a> LogHistory<'a> {
         LogHistory { lsns, records: Records::Store(log) }
     }
 
-    /// Over a log the caller has locked already (`verify`, which walks it).
-    pub fn over_log(lsns: &'a LsnIndex, log: &'a Log) -> Self {
-        LogHistory { lsns, records: Records::Log(log) }
+    /// Over `records`: `Records::Log` for a log the caller has locked already (`verify`,
+    /// which walks it).
+    pub(crate) fn with(lsns: &'a LsnIndex, records: Records<'a>) -> Self {
+        LogHistory { lsns, records }
     }
 
     /// The id of the inference at `lsn`, read from the log. `Err` when the event there cannot

@@ -25,7 +25,7 @@ pub const MAX_PRODUCERS: usize = 10_000;
 /// them back with its lsns.
 pub const ACKS_KEPT: usize = 64;
 /// Longest producer id (the id alphabet's limit, surface.md).
-pub const MAX_PRODUCER_BYTES: usize = 128;
+pub const MAX_PRODUCER_BYTES: usize = tally_engine::id::MAX_ID_BYTES;
 
 /// What the table knows of one producer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use tally_engine::{InferenceHistory, Ledger};
 
 use crate::error::StorageError;
 use crate::flusher::Flusher;
-use crate::history::LogHistory;
+use crate::history::{LogHistory, Records};
 use crate::log::{Log, NewRecord, Recovery};
 use crate::lsn::LsnIndex;
 use crate::meta;
@@ -437,28 +437,41 @@ fn apply_batch(
     bytes: &[u8],
     log: &LogStore,
 ) -> Outcome {
-    let batch = match payload::decode(bytes) {
-        Ok(b) => b,
-        Err(e) => {
-            state.lsns.refused(index, part);
-            return Outcome::Malformed(e);
+    let SmState { ledger, producers, lsns, .. } = state;
+    apply_part(ledger, producers, lsns, (index, part), bytes, Records::Store(log))
+}
+
+/// Applies batch `at` = (log index, part) of an entry, given as its archived `bytes`, to the
+/// ledger and the producer table, and records its lsns (or none) in `lsns`: what the state
+/// machine does, and what a replay of the log does again (`verify.rs`). Inference-id
+/// fingerprint hits are settled by reading `records` through `lsns` (`history.rs`).
+pub(crate) fn apply_part(
+    ledger: &mut Ledger,
+    producers: &mut Producers,
+    lsns: &mut LsnIndex,
+    at: (u64, u32),
+    bytes: &[u8],
+    records: Records<'_>,
+) -> Outcome {
+    let (index, part) = at;
+    let ts_before = ledger.last_ts();
+    let outcome = match payload::decode(bytes) {
+        // The lsn index is apart from the ledger: it is read while the ledger changes.
+        Ok(batch) => {
+            apply_record(ledger, producers, index, &batch, &LogHistory::with(lsns, records))
         }
+        Err(e) => Outcome::Malformed(e),
     };
-    let ts_before = state.ledger.last_ts();
-    // The lsn index is a field apart from the ledger: it is read while the ledger changes.
-    let history = LogHistory::new(&state.lsns, log);
-    let outcome = apply_record(&mut state.ledger, &mut state.producers, index, &batch, &history);
     match &outcome {
-        Outcome::Applied(a) => state.lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before),
-        // A duplicate adds no events: for the lsn index it is a batch without lsns.
-        _ => state.lsns.refused(index, part),
+        Outcome::Applied(a) => lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before),
+        // Refused, malformed, a duplicate or out of order: a batch without lsns.
+        _ => lsns.refused(index, part),
     }
     outcome
 }
 
-/// Applies a decoded batch of the entry at log `index` to the ledger and the producer table:
-/// what the state machine does, and what a replay of the log does again (`verify.rs`).
-pub(crate) fn apply_record(
+/// Applies a decoded batch of the entry at log `index` to the ledger and the producer table.
+fn apply_record(
     ledger: &mut Ledger,
     producers: &mut Producers,
     index: u64,

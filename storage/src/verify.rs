@@ -8,12 +8,12 @@ use tally_engine::{replay, CpuSettler, Ledger, LoggedEvent};
 
 use crate::db::{Database, Opened, Options};
 use crate::error::StorageError;
-use crate::history::LogHistory;
+use crate::history::Records;
 use crate::lsn::LsnIndex;
 use crate::merkle_hex;
 use crate::payload::{self, Outcome};
 use crate::producers::Producers;
-use crate::raft::apply_record;
+use crate::raft::apply_part;
 use crate::record::Kind;
 
 #[derive(Debug, Clone)]
@@ -79,21 +79,14 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
             }
             let index = r.header.index;
             for (k, part) in parts.into_iter().enumerate() {
-                let ts_before = ledger.last_ts();
-                let outcome = payload::decode(part).map(|b| {
-                    let history = LogHistory::over_log(&lsns, log);
-                    apply_record(&mut ledger, &mut producers, index, &b, &history)
-                });
-                match outcome {
-                    Ok(Outcome::Applied(a)) => {
-                        accepted += 1;
-                        lsns.accepted(index, k as u32, a.first_lsn, a.last_lsn, ts_before);
-                    }
+                let at = (index, k as u32);
+                let records = Records::Log(log);
+                match apply_part(&mut ledger, &mut producers, &mut lsns, at, part, records) {
+                    Outcome::Applied(_) => accepted += 1,
                     // Refused, malformed, or a producer's duplicate: no events.
                     _ => {
                         refused += 1;
-                        refused_at.push((r.header.index, k as u32));
-                        lsns.refused(index, k as u32);
+                        refused_at.push(at);
                     }
                 }
             }
