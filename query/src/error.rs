@@ -63,6 +63,14 @@ pub enum QueryError {
     /// The write could not be made durable; nothing of it was appended (SQLSTATE 58030).
     #[error("the write was not appended: {0}")]
     Write(String),
+    /// The cluster has no leader that could take the write now; nothing of it was written, so
+    /// it may be sent again (SQLSTATE 57P03).
+    #[error("the write was not appended, the cluster cannot take writes now: {0}")]
+    NoLeader(String),
+    /// The write may or may not have been applied: the link to the leader broke while it
+    /// was on its way (SQLSTATE 08007, PostgreSQL's "transaction resolution unknown").
+    #[error("the write's outcome is unknown (it may have been applied): {0}")]
+    Unknown(String),
     #[error(transparent)]
     DataFusion(#[from] DataFusionError),
     #[error(transparent)]
@@ -91,6 +99,8 @@ impl QueryError {
             QueryError::Internal(_) => "XX000",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
+            QueryError::NoLeader(_) => "57P03",
+            QueryError::Unknown(_) => "08007",
             QueryError::DataFusion(e) => match ours_in(e) {
                 Some(ours) => ours.sqlstate(),
                 None => datafusion_sqlstate(e),

@@ -85,6 +85,8 @@ impl Sql {
             let batch = tables::build(name, &empty).expect("a known table")?;
             ctx.register_table(*name, Arc::new(LedgerTable::new(name, batch.schema())))?;
         }
+        let cluster = tables::cluster(&db.cluster_status())?;
+        ctx.register_table("cluster", Arc::new(LedgerTable::new("cluster", cluster.schema())))?;
         let events = tables::events(&db, 1, 0)?;
         ctx.register_table("events", Arc::new(LedgerTable::new("events", events.schema())))?;
         let (i, a) = tables::inference_tables(&db, 1, 0, true, true)?;
@@ -281,6 +283,9 @@ impl Sql {
             (built, l.last_lsn())
         });
         snapshot.tables.extend(built?);
+        if names.contains_key("cluster") {
+            snapshot.tables.insert("cluster", tables::cluster(&self.db.cluster_status())?);
+        }
         for name in ["events", "inferences", "attributions"] {
             if let Some(Reads { lsns: r, .. }) = names.get(name) {
                 let range = LsnRange { from: r.from.max(1), to: r.to.min(pinned) };

@@ -28,9 +28,73 @@ pub const TABLES: &[&str] = &[
     "epochs",
 ];
 
-/// Whether `name` is any table of surface.md (state tables and the log's tables).
+/// Whether `name` is any table of surface.md (state tables and the log's tables) or the
+/// node's `cluster` table.
 pub fn is_table(name: &str) -> bool {
-    TABLES.contains(&name) || matches!(name, "events" | "inferences" | "attributions")
+    TABLES.contains(&name) || matches!(name, "events" | "inferences" | "attributions" | "cluster")
+}
+
+/// The `cluster` table: this node's view of each member of its Raft group (docs/cluster.md).
+/// `lag` is how many log entries a member is behind the leader's last one, known on the
+/// leader (for itself, everywhere); `reachable` is whether the leader hears from it (for the
+/// leader itself: true; on a follower, only this node's own row is known).
+pub fn cluster(status: &tally_storage::cluster::Status) -> Result<RecordBatch, ArrowError> {
+    let role = |m: &tally_storage::cluster::Member| {
+        if m.id == status.id {
+            status.role.as_str()
+        } else if Some(m.id) == status.leader {
+            "leader"
+        } else if m.voter {
+            "follower"
+        } else {
+            "learner"
+        }
+    };
+    let last = status.last_log_index;
+    let matched = |m: &tally_storage::cluster::Member| {
+        if m.id == status.id {
+            last
+        } else {
+            m.matched
+        }
+    };
+    let known = |m: &tally_storage::cluster::Member| m.id == status.id || m.matched.is_some();
+    let rows = &status.members;
+    let opt = |v: Vec<Option<u64>>| -> ArrayRef {
+        Arc::new(Int64Array::from_iter(v.into_iter().map(|x| x.map(|x| x as i64))))
+    };
+    batch(
+        vec![
+            bigint("node"),
+            text("address"),
+            text("role"),
+            bigint("term"),
+            bigint_null("last_log_index"),
+            bigint_null("applied_lsn"),
+            bigint_null("lag"),
+            Field::new("reachable", DataType::Boolean, true),
+        ],
+        vec![
+            ints(rows.iter().map(|m| m.id)),
+            strings(rows.iter().map(|m| m.addr.as_str())),
+            strings(rows.iter().map(role)),
+            ints(rows.iter().map(|_| status.term)),
+            opt(rows.iter().map(matched).collect()),
+            opt(rows.iter().map(|m| (m.id == status.id).then_some(status.applied_lsn)).collect()),
+            opt(rows
+                .iter()
+                .map(|m| match (last, matched(m)) {
+                    (Some(l), Some(x)) if status.leader == Some(status.id) || m.id == status.id => {
+                        Some(l.saturating_sub(x))
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|m| {
+                (status.leader == Some(status.id) || m.id == status.id).then(|| known(m))
+            }))),
+        ],
+    )
 }
 
 fn text(name: &str) -> Field {

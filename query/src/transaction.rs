@@ -288,6 +288,8 @@ pub(crate) fn write_error(e: WriteError, statements: &[(usize, &'static str)]) -
     match e {
         WriteError::Refused(r) => QueryError::from_refusal(&r, "ledger", 1).renumber(statements),
         WriteError::TooLarge { .. } => QueryError::TooLarge(e.to_string()),
+        WriteError::NotLeader(why) => QueryError::NoLeader(why),
+        WriteError::Raft(why) => QueryError::Unknown(why),
         other => QueryError::Write(other.to_string()),
     }
 }

@@ -247,7 +247,9 @@ fn refusal(seq: u64, e: QueryError) -> Status {
     match code {
         "42501" => Status::permission_denied(message),
         "55000" => Status::failed_precondition(message),
-        "58030" | "57P01" => Status::unavailable(message),
+        // Nothing written, or (08007) maybe written: resending the batch with its number is
+        // safe either way.
+        "58030" | "57P01" | "57P03" | "08007" => Status::unavailable(message),
         c if c.starts_with("XX") => Status::data_loss(message),
         _ => Status::invalid_argument(message),
     }

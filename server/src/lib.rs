@@ -9,6 +9,8 @@ mod connection;
 mod flight;
 mod frames;
 mod interrupt;
+mod raft_network;
+mod raft_service;
 mod rows;
 mod scram;
 mod settings;
@@ -38,11 +40,14 @@ pub use crate::flight::{
     BATCHES_IN_FLIGHT, BYTES_IN_FLIGHT, DEFAULT_INGEST_LISTEN, DRY_RUN_HEADER, MAX_STREAMS,
     PRODUCER_HEADER,
 };
+pub use crate::raft_network::{Network, Secret};
 use crate::socket::Handlers;
 pub use crate::socket::{ConnectionLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT};
 use crate::startup::Startup;
 pub use crate::users::Users;
 
+/// The address a cluster node's Raft port listens on unless told otherwise.
+pub const DEFAULT_RAFT_LISTEN: &str = "127.0.0.1:5435";
 /// The address `tally serve` listens on unless told otherwise (surface.md).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
 /// Connections served at once; more are refused with SQLSTATE 53300, as PostgreSQL does.
@@ -78,6 +83,8 @@ pub struct ServeOptions {
     pub limits: ConnectionLimits,
     /// Where streaming ingest (Arrow Flight) listens; `None`: not at all.
     pub ingest: Option<SocketAddr>,
+    /// Where the Raft port listens, for a node of a cluster; `None`: a lone node.
+    pub raft: Option<(SocketAddr, Secret)>,
 }
 
 impl ServeOptions {
@@ -90,6 +97,7 @@ impl ServeOptions {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             limits: ConnectionLimits::default(),
             ingest: None,
+            raft: None,
         }
     }
 }
@@ -106,6 +114,7 @@ pub struct Server {
     mock_key: Arc<[u8; 32]>,
     limits: ConnectionLimits,
     ingest: Option<IngestListener>,
+    raft: Option<(TcpListener, raft_service::RaftService)>,
 }
 
 /// The bound streaming-ingest endpoint.
@@ -165,6 +174,14 @@ impl Server {
             }
             None => None,
         };
+        let raft = match options.raft {
+            Some((addr, secret)) => {
+                raft_service::check_listen(addr, &secret).map_err(ServerError::Bind)?;
+                let service = raft_service::RaftService::new(sql.database().clone(), secret);
+                Some((listen(addr, "--raft").await?, service))
+            }
+            None => None,
+        };
         let shared = Arc::new(Shared { sql, max_statement_time: options.statement_timeout });
         Ok(Server {
             listener,
@@ -177,12 +194,18 @@ impl Server {
             mock_key,
             limits: options.limits,
             ingest,
+            raft,
         })
     }
 
     /// Where streaming ingest listens, when it does.
     pub fn ingest_addr(&self) -> Option<SocketAddr> {
         self.ingest.as_ref().map(|i| i.listener.local_addr().expect("a bound listener"))
+    }
+
+    /// Where the Raft port listens, for a node of a cluster.
+    pub fn raft_addr(&self) -> Option<SocketAddr> {
+        self.raft.as_ref().map(|(l, _)| l.local_addr().expect("a bound listener"))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -202,6 +225,13 @@ impl Server {
             Some(i) => {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
                 (Some(stop), Some(tokio::spawn(serve_ingest(i, stopped))))
+            }
+            None => (None, None),
+        };
+        let (stop_raft, raft) = match self.raft.take() {
+            Some((listener, service)) => {
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                (Some(stop), Some(tokio::spawn(serve_raft(listener, service, stopped))))
             }
             None => (None, None),
         };
@@ -248,6 +278,10 @@ impl Server {
         if let (Some(stop), Some(ingest)) = (stop_ingest, ingest) {
             let _ = stop.send(());
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, ingest).await;
+        }
+        if let (Some(stop), Some(raft)) = (stop_raft, raft) {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, raft).await;
         }
         let open = max - self.limit.available_permits();
         if open > 0 {
@@ -305,6 +339,24 @@ async fn serve_ingest(ingest: IngestListener, stopped: tokio::sync::oneshot::Rec
         .await;
     if let Err(e) = served {
         tracing::error!("streaming ingest stopped: {e}");
+    }
+}
+
+/// Serves the Raft port until `stopped` fires.
+async fn serve_raft(
+    listener: TcpListener,
+    service: raft_service::RaftService,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(service.service())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!("Raft port stopped: {e}");
     }
 }
 

@@ -22,19 +22,32 @@ use openraft::raft::{
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use tally_engine::{Applied, Event, InferenceHistory, Ledger, LoggedEvent, Refusal};
 
-use crate::record::Kind;
-
+use crate::cluster::{self, Forward, ForwardError, ForwardFuture, Forwarded, Members, Node};
 use crate::error::StorageError;
 use crate::history::LogHistory;
 use crate::log::{Recovery, SEGMENT_BYTES};
 use crate::payload::{self, Origin, Outcome, Proposal};
 use crate::producers::{Admission, MAX_PRODUCER_BYTES};
 use crate::raft::{LogStore, NodeId, Shared, StateMachine, TypeConfig};
+use crate::record::Kind;
 use rkyv::util::AlignedVec;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// This node's id in its one-node group.
 const NODE: NodeId = 1;
+/// The id a directory opened offline runs as: a member of no cluster, so it never votes.
+const OFFLINE_NODE: NodeId = u64::MAX;
+
+/// How a data directory is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A lone node: its own one-voter cluster.
+    Alone,
+    /// A node of a cluster.
+    Member,
+    /// No part in any cluster (`open_offline`).
+    Offline,
+}
 /// How long opening waits for the node to elect itself and catch up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -134,9 +147,29 @@ const ENTRIES_IN_FLIGHT: usize = 4;
 /// A group stops growing at this many bytes (a single larger batch still goes alone).
 const GROUP_BYTES: usize = 64 << 20;
 
+/// Where the coalescer sends an entry: to Raft here when this node leads (or is alone), else
+/// to the leader through `forward`.
+struct Route {
+    id: NodeId,
+    forward: Option<Arc<dyn Forward>>,
+}
+
+impl Route {
+    /// The leader to forward to, when it is not this node.
+    fn forward_to(&self, raft: &Raft<TypeConfig>) -> Option<&Arc<dyn Forward>> {
+        let forward = self.forward.as_ref()?;
+        (raft.metrics().borrow().current_leader != Some(self.id)).then_some(forward)
+    }
+}
+
 /// Groups submitted batches into Raft entries (see `submit`) and routes each batch's outcome
 /// back to its writer.
-async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<Request>) {
+async fn coalesce(
+    raft: Raft<TypeConfig>,
+    log: LogStore,
+    route: Route,
+    mut rx: mpsc::Receiver<Request>,
+) {
     let slots = Arc::new(Semaphore::new(ENTRIES_IN_FLIGHT));
     // Bytes of entries proposed and not yet applied: the log must have room for them too.
     let in_flight = Arc::new(AtomicU64::new(0));
@@ -151,34 +184,26 @@ async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<
             },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let mut data = payload::aligned(first.part.len());
-        let mut group = vec![first];
-        while group.len() < payload::MAX_PARTS && data < GROUP_BYTES {
-            match rx.try_recv() {
-                Ok(r) => {
-                    let more = data + payload::aligned(r.part.len());
-                    if payload::group_bytes(group.len() + 1, more) > payload::MAX_PROPOSAL_BYTES {
-                        carry = Some(r);
-                        break;
-                    }
-                    data = more;
-                    group.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let mut group = gather(first, &mut rx, &mut carry);
         let parts: Vec<AlignedVec<16>> =
             group.iter_mut().map(|r| std::mem::take(&mut r.part)).collect();
         let replies: Vec<_> = group.into_iter().map(|r| r.reply).collect();
         let proposal = Proposal::group(&parts);
+        drop(parts);
+        if let Some(forward) = route.forward_to(&raft) {
+            // One forwarded entry at a time: entries reach the leader in the order their
+            // batches were submitted here (a producer's numbered batches must).
+            let outcomes = forward_entry(&raft, &route, forward, &proposal).await;
+            route_outcomes(outcomes, replies);
+            drop(permit);
+            continue;
+        }
         let size = proposal.as_bytes().len() as u64;
         // Make sure the log has room before Raft sees the entry: a full disk then refuses
         // these batches with a clear error, and Raft (for which a failed append is fatal)
         // never sees a write it cannot make.
         if let Err(e) = log.reserve(size + in_flight.load(Ordering::Acquire)) {
-            for r in replies {
-                let _ = r.send(Err(WriteError::Storage(e.to_string())));
-            }
+            route_outcomes(Err(WriteError::Storage(e.to_string())), replies);
             continue;
         }
         in_flight.fetch_add(size, Ordering::AcqRel);
@@ -186,18 +211,21 @@ async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<
         match raft.client_write_ff(proposal).await {
             Err(e) => {
                 in_flight.fetch_sub(size, Ordering::AcqRel);
-                for r in replies {
-                    let _ = r.send(Err(WriteError::Raft(e.to_string())));
-                }
+                route_outcomes(Err(WriteError::Raft(e.to_string())), replies);
             }
             Ok(response) => {
                 tokio::spawn(async move {
                     let outcomes = match response.await {
                         Ok(Ok(r)) => Ok(r.data.0),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        // The leadership moved before the entry was appended: nothing of it
+                        // was written.
+                        Ok(Err(e @ openraft::error::ClientWriteError::ForwardToLeader(_))) => {
+                            Err(WriteError::NotLeader(e.to_string()))
+                        }
+                        Ok(Err(e)) => Err(WriteError::Raft(e.to_string())),
+                        Err(e) => Err(WriteError::Raft(e.to_string())),
                     };
-                    route(outcomes, replies);
+                    route_outcomes(outcomes, replies);
                     done.fetch_sub(size, Ordering::AcqRel);
                     drop(permit);
                 });
@@ -206,9 +234,112 @@ async fn coalesce(raft: Raft<TypeConfig>, log: LogStore, mut rx: mpsc::Receiver<
     }
 }
 
+/// Takes the batches waiting behind `first` into one group, up to the entry limits; the first
+/// that does not fit is left in `carry`.
+fn gather(
+    first: Request,
+    rx: &mut mpsc::Receiver<Request>,
+    carry: &mut Option<Request>,
+) -> Vec<Request> {
+    let mut data = payload::aligned(first.part.len());
+    let mut group = vec![first];
+    while group.len() < payload::MAX_PARTS && data < GROUP_BYTES {
+        match rx.try_recv() {
+            Ok(r) => {
+                let more = data + payload::aligned(r.part.len());
+                if payload::group_bytes(group.len() + 1, more) > payload::MAX_PROPOSAL_BYTES {
+                    *carry = Some(r);
+                    break;
+                }
+                data = more;
+                group.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
+/// Sends an entry to the leader and waits until this node has applied it too, so that a read
+/// here right after the write sees it. A definite "not the leader" is retried (`MAX_HOPS`);
+/// an unknown outcome never is.
+async fn forward_entry(
+    raft: &Raft<TypeConfig>,
+    route: &Route,
+    forward: &Arc<dyn Forward>,
+    proposal: &Proposal,
+) -> Result<Vec<Outcome>, WriteError> {
+    // A leader that could not take the entry: the next try waits for another one.
+    let mut passed: Option<NodeId> = None;
+    for _ in 0..cluster::MAX_HOPS {
+        let (leader, node) = wait_for_leader(raft, passed).await?;
+        if leader == route.id {
+            // This node became the leader while the entry waited.
+            return match raft.client_write(proposal.clone()).await {
+                Ok(r) => Ok(r.data.0),
+                Err(e) if e.forward_to_leader::<BasicNode>().is_some() => {
+                    Err(WriteError::NotLeader("the leadership moved".into()))
+                }
+                Err(e) => Err(WriteError::Raft(e.to_string())),
+            };
+        }
+        match forward.forward(leader, &node, proposal).await {
+            Ok(done) => {
+                raft.wait(Some(cluster::APPLY_WAIT))
+                    .applied_index_at_least(Some(done.index), "forwarded write")
+                    .await
+                    .map_err(|e| {
+                        WriteError::Raft(format!(
+                            "the write was committed (log index {}), but this node has not \
+                             applied it yet: {e}",
+                            done.index
+                        ))
+                    })?;
+                return Ok(done.outcomes.0);
+            }
+            Err(ForwardError::NotLeader(_) | ForwardError::Unreachable(_)) => passed = Some(leader),
+            Err(ForwardError::NotWritten(e)) => return Err(WriteError::Storage(e)),
+            Err(ForwardError::Unknown(e)) => {
+                return Err(WriteError::Raft(format!("forwarded to node {leader}: {e}")))
+            }
+        }
+    }
+    Err(WriteError::NotLeader(format!(
+        "the leader changed {} times while the write was forwarded",
+        cluster::MAX_HOPS
+    )))
+}
+
+/// The current leader (other than `passed`, a leader that could not take a write) and its
+/// address, waiting up to `cluster::LEADER_WAIT` for one.
+async fn wait_for_leader(
+    raft: &Raft<TypeConfig>,
+    passed: Option<NodeId>,
+) -> Result<(NodeId, BasicNode), WriteError> {
+    let metrics = raft
+        .wait(Some(cluster::LEADER_WAIT))
+        .metrics(|m| m.current_leader.is_some() && m.current_leader != passed, "a leader")
+        .await
+        .map_err(|_| {
+            WriteError::NotLeader(format!(
+                "no leader could take the write for {:?}: is a majority of the cluster's \
+                 voters reachable?",
+                cluster::LEADER_WAIT
+            ))
+        })?;
+    let leader = metrics.current_leader.expect("waited for a leader");
+    let node = metrics.membership_config.membership().get_node(&leader).cloned();
+    let node = node.ok_or_else(|| {
+        WriteError::NotLeader(format!(
+            "the leader, node {leader}, has no address in the membership"
+        ))
+    })?;
+    Ok((leader, node))
+}
+
 type Reply = oneshot::Sender<Result<Landed, WriteError>>;
 
-fn route(outcomes: Result<Vec<Outcome>, String>, replies: Vec<Reply>) {
+fn route_outcomes(outcomes: Result<Vec<Outcome>, WriteError>, replies: Vec<Reply>) {
     match outcomes {
         Ok(outcomes) if outcomes.len() == replies.len() => {
             for (o, r) in outcomes.into_iter().zip(replies) {
@@ -229,7 +360,7 @@ fn route(outcomes: Result<Vec<Outcome>, String>, replies: Vec<Reply>) {
         }
         Err(e) => {
             for r in replies {
-                let _ = r.send(Err(WriteError::Raft(e.clone())));
+                let _ = r.send(Err(e.clone()));
             }
         }
     }
@@ -258,7 +389,7 @@ pub struct Opened {
     pub snapshot_discarded: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
     /// The engine refused the batch; nothing of it was appended to the ledger.
     #[error(transparent)]
@@ -285,6 +416,10 @@ pub enum WriteError {
         "the batch is {bytes} bytes once encoded, more than the {max} a log record holds: split it"
     )]
     TooLarge { bytes: usize, max: usize },
+    /// This node could not get the batch to a leader (none is known, or leadership moved
+    /// while it was on its way); nothing of it was written, so it may be sent again.
+    #[error("not written: {0}")]
+    NotLeader(String),
 }
 
 /// A position in the log between two batches, where a scan continues (`Database::scan_chunk`).
@@ -311,6 +446,8 @@ const SCAN_RECORDS_PER_LOCK: usize = 8;
 pub struct Database {
     rt: tokio::runtime::Runtime,
     raft: Raft<TypeConfig>,
+    /// This node's id in its Raft group.
+    id: NodeId,
     shared: Arc<Shared>,
     log: LogStore,
     dir: PathBuf,
@@ -327,6 +464,37 @@ pub struct Database {
 fn now_micros() -> i64 {
     let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     d.as_micros() as i64
+}
+
+/// Brings Raft up. A node whose log is empty initialises the cluster when it has the lowest id
+/// of `peers` (a restart never does: its log is not empty). Alone, it then waits to lead and to
+/// re-apply its log; in a cluster, it waits only to re-apply what it knows was committed.
+async fn start(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    peers: Members,
+    committed: Option<u64>,
+    mode: Mode,
+) -> Result<(), StorageError> {
+    let raft_err = |e: &dyn std::fmt::Display| StorageError::Invalid(format!("raft: {e}"));
+    if !raft.is_initialized().await.map_err(|e| raft_err(&e))? && peers.keys().next() == Some(&id) {
+        raft.initialize(peers).await.map_err(|e| raft_err(&e))?;
+    }
+    let caught_up = if mode == Mode::Alone {
+        let m = raft
+            .wait(Some(OPEN_TIMEOUT))
+            .state(ServerState::Leader, "open")
+            .await
+            .map_err(|e| raft_err(&e))?;
+        m.last_log_index
+    } else {
+        committed
+    };
+    raft.wait(Some(OPEN_TIMEOUT))
+        .applied_index_at_least(caught_up, "catch up")
+        .await
+        .map_err(|e| raft_err(&e))?;
+    Ok(())
 }
 
 /// Takes the data directory's lock file; refused while another process holds it.
@@ -352,7 +520,75 @@ impl Database {
     }
 
     pub fn open_with(dir: impl AsRef<Path>, options: Options) -> Result<Database, StorageError> {
-        let dir = dir.as_ref().to_path_buf();
+        let config = Config {
+            cluster_name: "tally".into(),
+            // One voter: elections cannot split, so a short timeout only makes opening faster.
+            heartbeat_interval: 50,
+            election_timeout_min: 100,
+            election_timeout_max: 150,
+            snapshot_policy: SnapshotPolicy::Never,
+            // Raft's view of the log moves past each snapshot (records stay: `purge`), so a
+            // damaged old record does not keep a lone node from opening.
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StorageError::Invalid(e.to_string()))?;
+        let members = BTreeMap::from([(NODE, BasicNode::default())]);
+        let node =
+            Node { id: NODE, peers: members, network: NoNetwork, forward: Arc::new(NoNetwork) };
+        Self::open_inner(dir.as_ref(), options, config, node, Mode::Alone)
+    }
+
+    /// Opens a data directory without taking part in its cluster (for `tally verify` and
+    /// tools, on a stopped node): the state is the snapshot plus the entries this node knew
+    /// committed; nothing is elected, nothing is written to the log, and writes are refused.
+    pub fn open_offline(dir: impl AsRef<Path>, options: Options) -> Result<Database, StorageError> {
+        let config = cluster::config().map_err(StorageError::Invalid)?;
+        let node = Node {
+            id: OFFLINE_NODE,
+            peers: Members::new(),
+            network: NoNetwork,
+            forward: Arc::new(NoNetwork),
+        };
+        Self::open_inner(dir.as_ref(), options, config, node, Mode::Offline)
+    }
+
+    /// The voters of a data directory's cluster as last applied there (its snapshot's, or
+    /// replayed): more than one means the directory belongs to a node of a cluster.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let s = self.shared.state.read().expect("state lock");
+        s.membership.membership().voter_ids().collect()
+    }
+
+    /// Opens the data directory as node `node.id` of a cluster. The node that has the lowest id
+    /// of `node.peers` initialises the cluster with them as voters when its log is empty; the
+    /// others wait to hear from a leader. Returns without waiting for a leader: the node serves
+    /// reads of what it has applied, and writes once a leader is known.
+    pub fn open_node<N: RaftNetworkFactory<TypeConfig>>(
+        dir: impl AsRef<Path>,
+        options: Options,
+        node: Node<N>,
+    ) -> Result<Database, StorageError> {
+        if !node.peers.is_empty() && !node.peers.contains_key(&node.id) {
+            return Err(StorageError::Invalid(format!(
+                "node {} is not one of the peers {:?}",
+                node.id,
+                node.peers.keys().collect::<Vec<_>>()
+            )));
+        }
+        let config = cluster::config().map_err(StorageError::Invalid)?;
+        Self::open_inner(dir.as_ref(), options, config, node, Mode::Member)
+    }
+
+    fn open_inner<N: RaftNetworkFactory<TypeConfig>>(
+        dir: &Path,
+        options: Options,
+        config: Config,
+        node: Node<N>,
+        mode: Mode,
+    ) -> Result<Database, StorageError> {
+        let dir = dir.to_path_buf();
         let lock = lock_dir(&dir)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -364,52 +600,30 @@ impl Database {
         let (sm, snapshot_discarded) = StateMachine::open(&dir, log.clone())?;
         let shared = sm.shared();
         let applied = shared.state.read().expect("state lock").last_applied;
-        if applied.is_none() {
+        // Records are never deleted, so Raft may read the whole log again: without a snapshot
+        // it must (to rebuild the state), and in a cluster it always may, since a follower that
+        // is behind is sent log entries, never a snapshot (see `cluster::config`).
+        if applied.is_none() || mode == Mode::Member {
             log.forget_purged()?;
         }
         // Everything Raft will re-apply must be readable: damage found now is named, with
         // what to do, instead of failing inside Raft with a missing entry.
         log.check_readable_from(applied.map_or(0, |l| l.index + 1))?;
-        let config = Config {
-            cluster_name: "tally".into(),
-            // One voter: elections cannot split, so a short timeout only makes opening faster.
-            heartbeat_interval: 50,
-            election_timeout_min: 100,
-            election_timeout_max: 150,
-            snapshot_policy: SnapshotPolicy::Never,
-            max_in_snapshot_log_to_keep: 0,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| StorageError::Invalid(e.to_string()))?;
         let raft_err = |e: &dyn std::fmt::Display| StorageError::Invalid(format!("raft: {e}"));
         let raft = rt
-            .block_on(Raft::new(NODE, Arc::new(config), NoNetwork, log.clone(), sm))
+            .block_on(Raft::new(node.id, Arc::new(config), node.network, log.clone(), sm))
             .map_err(|e| raft_err(&e))?;
-        rt.block_on(async {
-            if !raft.is_initialized().await.map_err(|e| raft_err(&e))? {
-                let members = BTreeMap::from([(NODE, BasicNode::default())]);
-                raft.initialize(members).await.map_err(|e| raft_err(&e))?;
-            }
-            let m = raft
-                .wait(Some(OPEN_TIMEOUT))
-                .state(ServerState::Leader, "open")
-                .await
-                .map_err(|e| raft_err(&e))?;
-            raft.wait(Some(OPEN_TIMEOUT))
-                .applied_index_at_least(m.last_log_index, "catch up")
-                .await
-                .map_err(|e| raft_err(&e))?;
-            Ok::<(), StorageError>(())
-        })?;
+        rt.block_on(start(&raft, node.id, node.peers, log.committed_index(), mode))?;
         let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
         let recovery = Opened { log: recovery, snapshot_discarded };
         let (coalescer, rx) = mpsc::channel(QUEUE);
-        rt.spawn(coalesce(raft.clone(), log.clone(), rx));
+        let route = Route { id: node.id, forward: (mode != Mode::Alone).then_some(node.forward) };
+        rt.spawn(coalesce(raft.clone(), log.clone(), route, rx));
         let checker = Checker::start(log.clone());
         Ok(Database {
             rt,
             raft,
+            id: node.id,
             shared,
             log,
             dir,
@@ -646,6 +860,65 @@ impl Database {
         }
     }
 
+    /// This node's Raft, for the network layer's RPC service (AppendEntries, Vote, snapshots).
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// The leader's side of forwarding: appends an entry a follower grouped, and answers with
+    /// its log index and each batch's outcome once it is committed and applied here.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Forwarded, ForwardError> {
+        if let Err(e) = payload::parts(proposal.as_bytes()) {
+            return Err(ForwardError::NotWritten(format!("malformed entry: {e}")));
+        }
+        let size = proposal.as_bytes().len() as u64;
+        self.log.reserve(size).map_err(|e| ForwardError::NotWritten(e.to_string()))?;
+        match self.raft.client_write(proposal).await {
+            Ok(r) => Ok(Forwarded { index: r.log_id.index, outcomes: r.data }),
+            Err(e) => Err(match e.forward_to_leader::<BasicNode>() {
+                Some(f) => ForwardError::NotLeader(f.leader_id),
+                None => ForwardError::Unknown(e.to_string()),
+            }),
+        }
+    }
+
+    /// This node's view of the cluster: its role, the leader, and each member.
+    pub fn cluster_status(&self) -> cluster::Status {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+        let role = match m.state {
+            ServerState::Leader => cluster::Role::Leader,
+            ServerState::Candidate => cluster::Role::Candidate,
+            ServerState::Follower if voters.contains(&self.id) => cluster::Role::Follower,
+            _ if membership.get_node(&self.id).is_some() => cluster::Role::Learner,
+            _ => cluster::Role::Outside,
+        };
+        let matched = |id: &NodeId| {
+            let replication = m.replication.as_ref()?;
+            replication.get(id).copied().flatten().map(|l| l.index)
+        };
+        let members = membership
+            .nodes()
+            .map(|(id, node)| cluster::Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched: matched(id),
+            })
+            .collect();
+        cluster::Status {
+            id: self.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            applied_lsn: self.read(|l| l.last_lsn()),
+            members,
+        }
+    }
+
     /// The runtime the database runs on, for callers that want to drive `write_async`.
     pub fn runtime(&self) -> &tokio::runtime::Runtime {
         &self.rt
@@ -711,6 +984,12 @@ impl RaftNetworkFactory<TypeConfig> for NoNetwork {
 
     async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
         NoPeerClient(target)
+    }
+}
+
+impl Forward for NoNetwork {
+    fn forward(&self, leader: NodeId, _node: &BasicNode, _proposal: &Proposal) -> ForwardFuture {
+        Box::pin(async move { Err(ForwardError::NotWritten(NoPeer(leader).to_string())) })
     }
 }
 

@@ -2,6 +2,7 @@
 //! group-commit flusher, the Raft log/vote/snapshot storage over it, and the embedded database.
 //! Depends on the engine only; no SQL, no network.
 
+pub mod cluster;
 pub mod db;
 pub mod error;
 pub mod flusher;

@@ -155,6 +155,11 @@ impl LogStore {
         })
     }
 
+    /// The last log index this node knew committed when it last stopped (a hint: see `open`).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.lock().committed.map(|c| c.index)
+    }
+
     /// Runs `f` on the log (for scans, verification and tools).
     pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
         f(&self.lock().log)

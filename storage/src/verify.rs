@@ -36,8 +36,20 @@ impl Report {
     }
 }
 
+/// Opens `dir` as its node would run it: a lone node's directory as the lone node (which
+/// applies its whole log), a cluster node's offline (up to what it knew committed: its log's
+/// tail may not be, and is not replayed either).
+fn open(dir: &Path) -> Result<Database, StorageError> {
+    let db = Database::open_offline(dir, Options::default())?;
+    if db.voters().len() > 1 {
+        return Ok(db);
+    }
+    drop(db);
+    Database::open_with(dir, Options::default())
+}
+
 pub fn verify(dir: &Path) -> Result<Report, StorageError> {
-    let db = Database::open_with(dir, Options::default())?;
+    let db = open(dir)?;
     let mut problems = Vec::new();
     let sealed = match db.log().with_log(|l| l.verify_sealed()) {
         Ok(n) => n,
@@ -60,9 +72,16 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
     // The replay's own lsn index, built as the state machine builds its one: inference-id
     // fingerprint hits are settled by reading the log through it (`history.rs`).
     let mut lsns = LsnIndex::default();
+    // Entries past the last applied one are not known committed (a cluster node's tail):
+    // neither pass replays them.
+    let last = shared.state.read().expect("state lock").last_applied.map(|l| l.index);
+    let applied = |index: u64| last.is_some_and(|l| index <= l);
     db.log().with_log(|log| {
         let Some(first) = log.first_index() else { return };
         for r in log.iter_from(first) {
+            if r.as_ref().is_ok_and(|r| !applied(r.header.index)) {
+                break;
+            }
             let r = match r {
                 Ok(r) if r.header.kind == Kind::Batch => r,
                 Ok(_) => continue,
@@ -125,6 +144,7 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
             .iter_from(first)
             // Damage ends the walk; pass 1 reported it.
             .map_while(Result::ok)
+            .take_while(|r| applied(r.header.index))
             .filter(|r| r.header.kind == Kind::Batch)
             .flat_map(|r| {
                 let index = r.header.index;

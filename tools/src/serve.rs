@@ -9,9 +9,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
 use tally_query::Sql;
-use tally_server::{ConnectionLimits, ServeOptions, Server, Users};
-use tally_storage::Database;
+
+use tally_server::{ConnectionLimits, Network, Secret, ServeOptions, Server, Users};
+use tally_storage::cluster::{BasicNode, Node};
+use tally_storage::{Database, Options};
 
 /// `tally serve`'s options.
 #[derive(clap::Args)]
@@ -53,6 +56,92 @@ pub struct Args {
     /// session may ask for less with `SET idle_session_timeout`.
     #[arg(long = "idle-session-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout_s: u64,
+    /// This node's id in a cluster (one of --peers).
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// The cluster's voters as first formed, `ID=HOST:PORT,…` (their Raft addresses), the same
+    /// on every node; the lowest id forms the cluster. Without it, a lone node.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Vec<Peer>,
+    /// Address this node's Raft port listens on (default: its own address in --peers).
+    #[arg(long)]
+    pub raft: Option<SocketAddr>,
+    /// File holding the secret every node of the cluster shares (required unless every Raft
+    /// address is a loopback one).
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+}
+
+/// One `--peers` item: `ID=HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    id: u64,
+    addr: String,
+}
+
+impl std::str::FromStr for Peer {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Peer, String> {
+        let (id, addr) =
+            text.split_once('=').ok_or("a peer is ID=HOST:PORT, e.g. 2=10.0.0.2:5435")?;
+        let id = id.parse().map_err(|_| format!("node id {id:?} is not a whole number"))?;
+        if addr.is_empty() || !addr.contains(':') {
+            return Err(format!("peer {id}: {addr:?} is not HOST:PORT"));
+        }
+        Ok(Peer { id, addr: addr.to_owned() })
+    }
+}
+
+/// Opens the data directory as a lone node, or as a node of the cluster `--peers` names,
+/// with the Raft port's address and secret.
+fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> {
+    if args.peers.is_empty() {
+        if args.node_id.is_some() || args.raft.is_some() {
+            return Err("--node-id and --raft need --peers (the cluster's nodes)".into());
+        }
+        return Ok((Database::open(&args.data)?, None));
+    }
+    if args.demo {
+        return Err("--demo fills a lone node; load a cluster through its SQL port".into());
+    }
+    let id = args.node_id.ok_or("--peers needs --node-id (this node's id among them)")?;
+    let mut peers = BTreeMap::new();
+    for p in &args.peers {
+        if peers.insert(p.id, BasicNode::new(&p.addr)).is_some() {
+            return Err(format!("node {} is listed twice in --peers", p.id).into());
+        }
+    }
+    let own = peers.get(&id).ok_or_else(|| format!("--node-id {id} is not one of --peers"))?;
+    let listen = match args.raft {
+        Some(addr) => addr,
+        None => own.addr.parse().map_err(|e| {
+            format!(
+                "node {id}'s address {:?} in --peers: {e}; give --raft ADDR to listen on",
+                own.addr
+            )
+        })?,
+    };
+    let secret = match &args.cluster_secret_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the cluster secret {}: {e}", path.display()))?;
+            let text = text.trim().to_owned();
+            if text.is_empty() || !text.is_ascii() {
+                return Err(format!(
+                    "{} must hold the secret as one line of ASCII",
+                    path.display()
+                )
+                .into());
+            }
+            Some(text)
+        }
+        None => None,
+    };
+    let network = Network::new(Secret::new(secret.clone()));
+    let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
+    let db = Database::open_node(&args.data, Options::default(), node)?;
+    Ok((db, Some((listen, Secret::new(secret)))))
 }
 
 /// Stack of each server thread. Deep expressions are refused before they are parsed
@@ -98,7 +187,7 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: Args) -> super::Result<ExitCode> {
-    let tls = match (args.tls_cert, args.tls_key) {
+    let tls = match (args.tls_cert.clone(), args.tls_key.clone()) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
         _ => return Err("TLS needs both --tls-cert and --tls-key".into()),
@@ -120,7 +209,8 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
     // Read the users before opening the database: a bad file should fail fast.
     let users =
         Users::for_server(&users_path(&args.data, args.users.as_ref()), args.users.is_some())?;
-    let db = Arc::new(Database::open(&args.data)?);
+    let (db, raft) = open(&args)?;
+    let db = Arc::new(db);
     let sql = Sql::new(db.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(THREAD_STACK_BYTES)
@@ -137,6 +227,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
             idle: (args.idle_timeout_s > 0).then(|| Duration::from_secs(args.idle_timeout_s)),
         },
         ingest: args.ingest.0,
+        raft,
     };
     let served = runtime.block_on(async {
         let server = Server::bind(sql, options).await?;
@@ -154,6 +245,10 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
             addr.ip(),
             addr.port()
         );
+        if let Some(raft) = server.raft_addr() {
+            let status = db.cluster_status();
+            println!("node {} of a cluster: Raft on {raft}, leader {:?}", status.id, status.leader);
+        }
         if let Some(ingest) = server.ingest_addr() {
             println!("streaming ingest (Arrow Flight) on {ingest}: `tally ingest --server {ingest} FILE`");
         }

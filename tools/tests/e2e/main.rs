@@ -3,6 +3,7 @@
 //! so that it links once.
 
 mod clients;
+mod cluster;
 mod fuzz;
 mod hostile;
 mod ingest;

@@ -57,13 +57,17 @@ pub fn startup_packet(user: &str) -> Vec<u8> {
 impl Wire {
     /// Connects and starts a session as `tally` (development mode).
     pub fn connect(port: u16) -> Wire {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        Wire::try_connect(port).expect("connecting to tally serve")
+    }
+
+    /// As `connect`; `None` when the server is not there or refuses the session.
+    pub fn try_connect(port: u16) -> Option<Wire> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
         let mut wire = Wire { stream, key: (0, 0) };
-        wire.send(&startup_packet("tally"));
+        wire.stream.write_all(&startup_packet("tally")).ok()?;
         let reply = wire.read_until_ready();
-        assert!(reply.errors.is_empty() && !reply.closed, "startup: {reply:?}");
-        wire
+        (reply.errors.is_empty() && !reply.closed).then_some(wire)
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -108,6 +112,16 @@ impl Wire {
         let mut body = Vec::new();
         cstr(&mut body, sql);
         self.send(&message(b'Q', &body));
+        self.read_until_ready()
+    }
+
+    /// As `query`, for a server that may be gone: a failed send is a closed connection.
+    pub fn try_query(&mut self, sql: &str) -> Reply {
+        let mut body = Vec::new();
+        cstr(&mut body, sql);
+        if self.stream.write_all(&message(b'Q', &body)).is_err() {
+            return Reply { closed: true, ..Reply::default() };
+        }
         self.read_until_ready()
     }
 

@@ -1,0 +1,311 @@
+//! The client side of the Raft port: openraft's transport to the other nodes
+//! (`RaftNetworkFactory`) and the forwarding of a follower's writes to the leader
+//! (`tally_storage::cluster::Forward`), over one pooled gRPC channel per peer. Requests and
+//! answers are postcard-encoded openraft messages in Flight `DoAction` bodies
+//! (`raft_service.rs` answers them).
+//!
+//! Never: send more than `MAX_APPEND_BYTES` of entries in one AppendEntries (a prefix goes,
+//! and partial success is reported, so a follower far behind still catches up within each
+//! call's time limit), or treat a broken forwarding call as "not written".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, EntryPayload};
+use serde::de::DeserializeOwned;
+use tally_storage::cluster::{Forward, ForwardError, ForwardFuture, MAX_APPEND_BYTES};
+use tally_storage::payload::Proposal;
+use tally_storage::raft::{NodeId, TypeConfig};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+/// Largest gRPC message between nodes: one log record, plus framing.
+pub const MAX_MESSAGE_BYTES: usize = tally_storage::log::MAX_RECORD_BYTES + (1 << 20);
+/// Header carrying the cluster secret on every call between nodes.
+pub const SECRET_HEADER: &str = "x-tally-cluster-secret";
+/// How long a new connection to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the leader may take to commit and apply a forwarded write.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The calls of the Raft port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    Append,
+    Vote,
+    Snapshot,
+    Propose,
+    Status,
+}
+
+impl Action {
+    const ALL: [Action; 5] =
+        [Action::Append, Action::Vote, Action::Snapshot, Action::Propose, Action::Status];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Action::Append => "raft.append_entries",
+            Action::Vote => "raft.vote",
+            Action::Snapshot => "raft.install_snapshot",
+            Action::Propose => "tally.propose",
+            Action::Status => "tally.status",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
+/// The secret every node of a cluster shares; `None`: none (loopback only).
+#[derive(Clone, Default)]
+pub struct Secret(Option<Arc<str>>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Secret(set)" } else { "Secret(none)" })
+    }
+}
+
+impl Secret {
+    pub fn new(secret: Option<String>) -> Secret {
+        Secret(secret.map(Arc::from))
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// Refuses a call that does not carry this node's secret (compared in constant time).
+pub(crate) fn check_secret(secret: &Secret, metadata: &MetadataMap) -> Result<(), Status> {
+    let Some(expected) = &secret.0 else { return Ok(()) };
+    let given = metadata.get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    let same = given.len() == expected.len()
+        && given.iter().zip(expected.as_bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("the cluster secret is missing or wrong"))
+    }
+}
+
+/// Connections to the other nodes, shared by Raft's replication streams and forwarding.
+#[derive(Clone)]
+pub struct Network {
+    secret: Secret,
+    /// Raft's channels, connected lazily (tonic reconnects them).
+    channels: Channels,
+    /// Forwarding's channels, connected eagerly (see `forwarding`).
+    forwarding: Channels,
+}
+
+type Channels = Arc<Mutex<HashMap<(NodeId, String), Channel>>>;
+
+impl Network {
+    pub fn new(secret: Secret) -> Network {
+        Network { secret, channels: Arc::default(), forwarding: Arc::default() }
+    }
+
+    /// The pooled channel to `node` (connected on first use, reconnected by tonic).
+    fn peer(&self, target: NodeId, node: &BasicNode) -> Peer {
+        let key = (target, node.addr.clone());
+        let channel = self.channels.lock().expect("channels lock").get(&key).cloned();
+        let channel = channel.unwrap_or_else(|| {
+            let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
+                .unwrap_or_else(|_| Endpoint::from_static("http://invalid.address"))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true);
+            let channel = endpoint.connect_lazy();
+            self.channels.lock().expect("channels lock").insert(key, channel.clone());
+            channel
+        });
+        self.client(target, channel)
+    }
+
+    fn client(&self, target: NodeId, channel: Channel) -> Peer {
+        let client = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Peer { target, client, secret: self.secret.clone() }
+    }
+}
+
+/// One peer, as openraft's replication and election code talk to it.
+pub struct Peer {
+    target: NodeId,
+    client: FlightServiceClient<Channel>,
+    secret: Secret,
+}
+
+impl Peer {
+    /// One action: its body out, the answer's body back.
+    async fn call(
+        &mut self,
+        action: Action,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        let mut request = tonic::Request::new(arrow_flight::Action {
+            r#type: action.name().into(),
+            body: body.into(),
+        });
+        request.set_timeout(timeout);
+        if let Some(secret) = &self.secret.0 {
+            let value = MetadataValue::try_from(secret.as_ref())
+                .map_err(|_| Status::invalid_argument("the cluster secret must be ASCII"))?;
+            request.metadata_mut().insert(SECRET_HEADER, value);
+        }
+        let mut answers = self.client.do_action(request).await?.into_inner();
+        let answer = answers.message().await?;
+        answer.map(|r| r.body.to_vec()).ok_or_else(|| Status::internal("an empty answer"))
+    }
+
+    /// A Raft RPC: openraft's request out, its result (an answer or the peer's Raft error)
+    /// back.
+    async fn rpc<Req, Resp, E>(
+        &mut self,
+        action: Action,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Req: serde::Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let body =
+            postcard::to_stdvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let answer = self.call(action, body, option.hard_ttl()).await.map_err(|s| {
+            if s.code() == tonic::Code::Unavailable {
+                RPCError::Unreachable(Unreachable::new(&s))
+            } else {
+                RPCError::Network(NetworkError::new(&s))
+            }
+        })?;
+        let result: Result<Resp, E> =
+            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
+        self.peer(target, node)
+    }
+}
+
+/// Bytes an entry adds to an AppendEntries request.
+fn entry_bytes(payload: &EntryPayload<TypeConfig>) -> usize {
+    match payload {
+        EntryPayload::Normal(p) => p.as_bytes().len(),
+        _ => 256,
+    }
+}
+
+type RpcResult<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let mut bytes = 0;
+        let keep = rpc
+            .entries
+            .iter()
+            .take_while(|e| {
+                bytes += entry_bytes(&e.payload);
+                bytes <= MAX_APPEND_BYTES
+            })
+            .count()
+            .max(1);
+        let partial = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let answer = self.rpc(Action::Append, &rpc, &option).await?;
+        Ok(match answer {
+            AppendEntriesResponse::Success if partial => {
+                AppendEntriesResponse::PartialSuccess(last)
+            }
+            other => other,
+        })
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        self.rpc(Action::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>> {
+        self.rpc(Action::Vote, &rpc, &option).await
+    }
+}
+
+impl Network {
+    /// A connected client to the leader for forwarding: an eager connection, so that a leader
+    /// that is gone is known before anything is sent (`ForwardError::Unreachable`). A channel
+    /// whose call failed is dropped, and the next forward connects afresh.
+    async fn forwarding(&self, leader: NodeId, addr: &str) -> Result<Peer, ForwardError> {
+        let key = (leader, addr.to_owned());
+        let cached = self.forwarding.lock().expect("channels lock").get(&key).cloned();
+        let channel = match cached {
+            Some(c) => c,
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+                    .map_err(|e| ForwardError::Unreachable(format!("address {addr:?}: {e}")))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true);
+                let channel = endpoint.connect().await.map_err(|e| {
+                    ForwardError::Unreachable(format!("node {leader} at {addr}: {e}"))
+                })?;
+                self.forwarding.lock().expect("channels lock").insert(key, channel.clone());
+                channel
+            }
+        };
+        Ok(self.client(leader, channel))
+    }
+}
+
+impl Forward for Network {
+    fn forward(&self, leader: NodeId, node: &BasicNode, proposal: &Proposal) -> ForwardFuture {
+        let body = proposal.as_bytes().to_vec();
+        let (this, addr) = (self.clone(), node.addr.clone());
+        Box::pin(async move {
+            let mut peer = this.forwarding(leader, &addr).await?;
+            let answer = match peer.call(Action::Propose, body, PROPOSE_TIMEOUT).await {
+                Ok(a) => a,
+                Err(s) => {
+                    this.forwarding.lock().expect("channels lock").remove(&(leader, addr));
+                    return Err(ForwardError::Unknown(format!(
+                        "the call to the leader failed: {}",
+                        s.message()
+                    )));
+                }
+            };
+            postcard::from_bytes::<Result<_, ForwardError>>(&answer)
+                .map_err(|e| ForwardError::Unknown(format!("the leader's answer: {e}")))?
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! A three-node cluster of `tally serve` processes on loopback, with faults (SIGKILL of the
+//! leader under writes, restart), checked by a history of every write a client sent and its
+//! outcome: every acknowledged write is present on every node, no write refused as "not
+//! written" is present anywhere, and all nodes end with identical events and state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::served::{free_port, tally, Served};
+use crate::wire::{Reply, Wire};
+
+/// The nodes of a test cluster: their data directories, Raft ports and running processes.
+struct Cluster {
+    dirs: Vec<PathBuf>,
+    peers: String,
+    nodes: Vec<Option<Served>>,
+}
+
+impl Cluster {
+    fn start(root: &Path, size: usize) -> Cluster {
+        let raft: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let peers =
+            raft.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
+        let peers: Vec<String> = peers;
+        let dirs = (1..=size).map(|i| root.join(format!("node{i}"))).collect();
+        let mut cluster = Cluster { dirs, peers: peers.join(","), nodes: Vec::new() };
+        cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
+        cluster
+    }
+
+    fn spawn(&self, id: usize) -> Served {
+        let id_text = id.to_string();
+        Served::start(&self.dirs[id - 1], &["--node-id", &id_text, "--peers", &self.peers])
+    }
+
+    fn port(&self, id: usize) -> Option<u16> {
+        self.nodes[id - 1].as_ref().map(|s| s.port)
+    }
+
+    fn query(&self, id: usize, sql: &str) -> Reply {
+        match self.port(id).and_then(Wire::try_connect) {
+            Some(mut wire) => wire.try_query(sql),
+            None => Reply { closed: true, ..Reply::default() },
+        }
+    }
+
+    /// The leader as node `id` sees it, once there is one other than `except`.
+    fn leader(&self, id: usize, except: Option<usize>, limit: Duration) -> usize {
+        let started = Instant::now();
+        loop {
+            let reply = self.query(id, "SELECT node FROM cluster WHERE role = 'leader'");
+            if let Some(Some(node)) = reply.rows.first().map(|r| r[0].clone()) {
+                let node = node.parse().unwrap();
+                if Some(node) != except {
+                    return node;
+                }
+            }
+            assert!(started.elapsed() < limit, "no leader after {limit:?}: {reply:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill(&mut self, id: usize) {
+        let mut served = self.nodes[id - 1].take().expect("a running node");
+        served.child.kill().unwrap();
+        served.child.wait().unwrap();
+    }
+
+    fn restart(&mut self, id: usize) {
+        assert!(self.nodes[id - 1].is_none());
+        self.nodes[id - 1] = Some(self.spawn(id));
+    }
+
+    /// Every running node's `events`, in lsn order, once they all agree.
+    fn converged(&self, limit: Duration) -> Vec<Vec<Option<String>>> {
+        let started = Instant::now();
+        loop {
+            let all: Vec<Reply> = (1..=self.nodes.len())
+                .filter(|id| self.port(*id).is_some())
+                .map(|id| self.query(id, "SELECT lsn, kind, body FROM events ORDER BY lsn"))
+                .collect();
+            if all.iter().all(|r| r.errors.is_empty() && !r.closed && r.rows == all[0].rows) {
+                return all[0].rows.clone();
+            }
+            assert!(started.elapsed() < limit, "the nodes did not converge within {limit:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// What became of one write, as its client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Acked,
+    /// Refused with an error that says nothing was written.
+    NotWritten,
+    /// The connection broke, or the error says the outcome is unknown.
+    Unknown,
+}
+
+fn outcome(reply: &Reply) -> Seen {
+    match reply.codes().first() {
+        None if !reply.closed && reply.tags.iter().any(|t| t == "INSERT 0 1") => Seen::Acked,
+        Some(&"57P03") => Seen::NotWritten,
+        _ => Seen::Unknown,
+    }
+}
+
+/// Writes datanet `w-{n}` for n in `range`, each through node `node(n)`, recording outcomes.
+fn write_some(
+    cluster: &Cluster,
+    range: std::ops::Range<usize>,
+    node: impl Fn(usize) -> usize,
+    history: &mut BTreeMap<String, Seen>,
+) {
+    for n in range {
+        let id = format!("w-{n}");
+        let reply = cluster.query(node(n), &format!("INSERT INTO datanets VALUES ('{id}', 'o')"));
+        history.insert(id, outcome(&reply));
+    }
+}
+
+/// The history checker: against the converged `events` of every node.
+fn check(history: &BTreeMap<String, Seen>, events: &[Vec<Option<String>>]) {
+    let mut present: BTreeMap<String, usize> = BTreeMap::new();
+    for row in events {
+        let body = row[2].as_deref().unwrap_or_default();
+        for (id, _) in history.iter() {
+            if body.contains(&format!("\"{id}\"")) {
+                *present.entry(id.clone()).or_default() += 1;
+            }
+        }
+    }
+    for (id, seen) in history {
+        let count = present.get(id).copied().unwrap_or(0);
+        match seen {
+            Seen::Acked => assert_eq!(count, 1, "acknowledged write {id} is there {count} times"),
+            Seen::NotWritten => {
+                assert_eq!(count, 0, "{id} was refused as not written, yet is there")
+            }
+            Seen::Unknown => assert!(count <= 1, "{id} (outcome unknown) is there {count} times"),
+        }
+    }
+}
+
+fn verify(data: &Path) {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tally")).args(["verify", "--data"]).arg(data).output();
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "tally verify {}: {}{}",
+        data.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_three_node_cluster_replicates_every_write_and_survives_losing_its_leader() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(root.path(), 3);
+    let leader = cluster.leader(1, None, Duration::from_secs(30));
+    let mut history = BTreeMap::new();
+    // Writes through every node: followers forward to the leader.
+    write_some(&cluster, 0..30, |n| 1 + n % 3, &mut history);
+    assert!(history.values().all(|s| *s == Seen::Acked), "{history:?}");
+    // A read on the node that took a write sees it at once.
+    let follower = 1 + leader % 3;
+    let reply = cluster.query(follower, "INSERT INTO datanets VALUES ('read-own', 'o')");
+    assert_eq!(outcome(&reply), Seen::Acked, "{reply:?}");
+    history.insert("read-own".into(), Seen::Acked);
+    let reply = cluster.query(follower, "SELECT count(*) FROM datanets WHERE datanet = 'read-own'");
+    assert_eq!(reply.rows, vec![vec![Some("1".to_owned())]]);
+
+    // The leader dies; writes go on through the others.
+    cluster.kill(leader);
+    let others: Vec<usize> = (1..=3).filter(|n| *n != leader).collect();
+    let started = Instant::now();
+    write_some(&cluster, 30..60, |n| others[n % 2], &mut history);
+    eprintln!("during the election: {:?}", &history);
+    cluster.leader(others[0], Some(leader), Duration::from_secs(30));
+    write_some(&cluster, 60..80, |n| others[n % 2], &mut history);
+    let acked_after = (60..80).filter(|n| history[&format!("w-{n}")] == Seen::Acked).count();
+    assert_eq!(acked_after, 20, "writes after the election: {history:?}");
+    eprintln!("a new leader took writes {:?} after the kill", started.elapsed());
+
+    // The dead node comes back and catches up.
+    cluster.restart(leader);
+    write_some(&cluster, 80..90, |n| 1 + n % 3, &mut history);
+    let events = cluster.converged(Duration::from_secs(60));
+    check(&history, &events);
+    let tables = "SELECT datanet, owner, lsn FROM datanets ORDER BY datanet";
+    let states: Vec<Vec<Vec<Option<String>>>> =
+        (1..=3).map(|id| cluster.query(id, tables).rows).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "the nodes' states differ");
+
+    for id in 1..=3 {
+        let (status, _) = cluster.nodes[id - 1].take().unwrap().terminate();
+        assert!(status.success(), "node {id} exited with {status}");
+    }
+    cluster.dirs.iter().for_each(|d| verify(d));
+}
+
+#[test]
+fn cluster_options_are_checked_before_anything_starts() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("d");
+    let run = |args: &[&str]| {
+        let out = tally().args(["serve", "--data"]).arg(&data).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let peers = "1=127.0.0.1:1,2=127.0.0.1:2";
+    assert!(run(&["--peers", peers]).contains("--node-id"));
+    assert!(run(&["--node-id", "3", "--peers", peers]).contains("not one of --peers"));
+    assert!(run(&["--node-id", "1", "--peers", "1=127.0.0.1:1,1=127.0.0.1:2"]).contains("twice"));
+    assert!(run(&["--node-id", "1"]).contains("need --peers"));
+    let open = run(&["--node-id", "1", "--peers", "1=0.0.0.0:5999", "--raft", "0.0.0.0:5999"]);
+    assert!(open.contains("cluster secret"), "{open}");
+}
