@@ -65,7 +65,7 @@ pub enum QueryError {
     Write(String),
     /// The cluster has no leader that could take the write now; nothing of it was written, so
     /// it may be sent again (SQLSTATE 57P03).
-    #[error("the write was not appended, the cluster cannot take writes now: {0}")]
+    #[error("the cluster cannot serve this now (nothing was written; retry): {0}")]
     NoLeader(String),
     /// The write may or may not have been applied: the link to the leader broke while it
     /// was on its way (SQLSTATE 08007, PostgreSQL's "transaction resolution unknown").

@@ -18,6 +18,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::consistency::Consistency;
 use crate::session::Output;
 use crate::transaction::Session;
 use crate::{Access, CopyIn, QueryError, Sql};
@@ -113,6 +114,7 @@ impl Sql {
         stop: impl Future<Output = QueryError> + Send,
     ) -> Result<Outcome, QueryError> {
         let statement = request.statement;
+        tokio::pin!(stop);
         if let Statement::Commit { .. } = statement {
             return self.commit(session).await.map(Outcome::Done);
         }
@@ -121,16 +123,28 @@ impl Sql {
         }
         session.usable()?;
         if is_setting(statement) {
+            if let Some(consistency) = crate::consistency::of_setting(statement) {
+                session.consistency = consistency?;
+            }
             return Ok(Outcome::Setting);
         }
         Sql::check(statement, access)?;
         if let Some(copy) = CopyIn::from_statement(statement) {
             return copy.map(Outcome::CopyIn);
         }
+        if session.consistency == Consistency::Linearizable {
+            tokio::select! {
+                biased;
+                done = self.database().linearize() => done.map_err(|e| {
+                    QueryError::NoLeader(format!("no linearizable read now: {e}"))
+                })?,
+                stopped = &mut stop => return Err(stopped),
+            }
+        }
         let output = tokio::select! {
             biased;
             output = self.plan_and_run(request) => output?,
-            stopped = stop => return Err(stopped),
+            stopped = &mut stop => return Err(stopped),
         };
         match output {
             Output::Rows(df) => Ok(Outcome::Rows(df)),

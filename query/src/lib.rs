@@ -7,6 +7,7 @@
 
 mod batch;
 mod complexity;
+mod consistency;
 mod copy;
 mod error;
 mod execute;

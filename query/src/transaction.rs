@@ -21,6 +21,8 @@ pub struct Session {
     /// A statement in the block failed: everything but ROLLBACK (or COMMIT, which then rolls
     /// back) answers 25P02.
     failed: bool,
+    /// How fresh its reads are (`consistency.rs`).
+    pub(crate) consistency: crate::consistency::Consistency,
 }
 
 /// Where a session stands, as ReadyForQuery reports it.

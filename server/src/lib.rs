@@ -40,7 +40,7 @@ pub use crate::flight::{
     BATCHES_IN_FLIGHT, BYTES_IN_FLIGHT, DEFAULT_INGEST_LISTEN, DRY_RUN_HEADER, MAX_STREAMS,
     PRODUCER_HEADER,
 };
-pub use crate::raft_network::{Network, Secret};
+pub use crate::raft_network::{change_members, cluster_status, Network, Secret};
 use crate::socket::Handlers;
 pub use crate::socket::{ConnectionLimits, DEFAULT_IDLE_TIMEOUT, DEFAULT_STARTUP_TIMEOUT};
 use crate::startup::Startup;

@@ -23,7 +23,9 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, EntryPayload};
 use serde::de::DeserializeOwned;
-use tally_storage::cluster::{Forward, ForwardError, ForwardFuture, MAX_APPEND_BYTES};
+use tally_storage::cluster::{
+    Change, ChangeError, Forward, ForwardError, ForwardFuture, ReadIndexFuture, MAX_APPEND_BYTES,
+};
 use tally_storage::payload::Proposal;
 use tally_storage::raft::{NodeId, TypeConfig};
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -46,12 +48,21 @@ pub(crate) enum Action {
     Vote,
     Snapshot,
     Propose,
+    ReadIndex,
     Status,
+    Change,
 }
 
 impl Action {
-    const ALL: [Action; 5] =
-        [Action::Append, Action::Vote, Action::Snapshot, Action::Propose, Action::Status];
+    const ALL: [Action; 7] = [
+        Action::Append,
+        Action::Vote,
+        Action::Snapshot,
+        Action::Propose,
+        Action::ReadIndex,
+        Action::Status,
+        Action::Change,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -59,7 +70,9 @@ impl Action {
             Action::Vote => "raft.vote",
             Action::Snapshot => "raft.install_snapshot",
             Action::Propose => "tally.propose",
+            Action::ReadIndex => "tally.read_index",
             Action::Status => "tally.status",
+            Action::Change => "tally.change_members",
         }
     }
 
@@ -308,4 +321,57 @@ impl Forward for Network {
                 .map_err(|e| ForwardError::Unknown(format!("the leader's answer: {e}")))?
         })
     }
+
+    fn read_index(&self, leader: NodeId, node: &BasicNode) -> ReadIndexFuture {
+        let (this, addr) = (self.clone(), node.addr.clone());
+        Box::pin(async move {
+            let mut peer = this.forwarding(leader, &addr).await?;
+            let answer = peer.call(Action::ReadIndex, Vec::new(), CONNECT_TIMEOUT * 5).await;
+            let answer = answer.map_err(|s| {
+                this.forwarding.lock().expect("channels lock").remove(&(leader, addr));
+                ForwardError::Unreachable(s.message().to_owned())
+            })?;
+            postcard::from_bytes::<Result<u64, ForwardError>>(&answer)
+                .map_err(|e| ForwardError::Unreachable(format!("the leader's answer: {e}")))?
+        })
+    }
+}
+
+/// `tally cluster status`: node `addr`'s (a Raft address) view of the cluster.
+pub async fn cluster_status(
+    addr: &str,
+    secret: Secret,
+) -> Result<tally_storage::cluster::Status, String> {
+    let network = Network::new(secret);
+    let mut peer = network.forwarding(0, addr).await.map_err(|e| e.to_string())?;
+    let answer = peer.call(Action::Status, Vec::new(), CONNECT_TIMEOUT * 5).await;
+    let answer = answer.map_err(|s| format!("{addr}: {}", s.message()))?;
+    let status: Result<tally_storage::cluster::Status, ()> =
+        postcard::from_bytes(&answer).map_err(|e| format!("{addr}'s answer: {e}"))?;
+    status.map_err(|()| format!("{addr}: no status"))
+}
+
+/// `tally cluster add|promote|remove`: makes `change` on the leader, found through node
+/// `addr`; returns once the new configuration is committed.
+pub async fn change_members(addr: &str, secret: Secret, change: Change) -> Result<(), String> {
+    let network = Network::new(secret.clone());
+    let mut at = addr.to_owned();
+    for _ in 0..=tally_storage::cluster::MAX_HOPS {
+        let mut peer = network.forwarding(0, &at).await.map_err(|e| e.to_string())?;
+        let body = postcard::to_stdvec(&change).map_err(|e| e.to_string())?;
+        let answer = peer.call(Action::Change, body, PROPOSE_TIMEOUT).await;
+        let answer = answer.map_err(|s| format!("{at}: {}", s.message()))?;
+        let done: Result<(), ChangeError> =
+            postcard::from_bytes(&answer).map_err(|e| format!("{at}'s answer: {e}"))?;
+        match done {
+            Ok(()) => return Ok(()),
+            Err(ChangeError::NotLeader(Some(leader))) => {
+                let status = cluster_status(&at, secret.clone()).await?;
+                let member = status.members.iter().find(|m| m.id == leader);
+                at = member.map(|m| m.addr.clone()).ok_or("the leader has no address")?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("the leader kept changing; try again".into())
 }

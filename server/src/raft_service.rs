@@ -50,7 +50,9 @@ impl RaftService {
             Action::Vote => answer(raft.vote(decode(body)?).await),
             Action::Snapshot => answer(raft.install_snapshot(decode(body)?).await),
             Action::Propose => answer(self.db.propose(Proposal::from_bytes(body)).await),
+            Action::ReadIndex => answer(self.db.read_index().await),
             Action::Status => answer(Ok::<_, ()>(self.db.cluster_status())),
+            Action::Change => answer(self.db.change_members(decode(body)?).await),
         }
     }
 }

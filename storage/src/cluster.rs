@@ -43,7 +43,15 @@ pub type ForwardFuture =
 pub trait Forward: Send + Sync + 'static {
     /// `proposal` is read before this returns (the future owns what it sends).
     fn forward(&self, leader: NodeId, node: &BasicNode, proposal: &Proposal) -> ForwardFuture;
+
+    /// Asks the leader for its read index: the log index every linearizable read must wait
+    /// for (`Database::read_index` on the leader).
+    fn read_index(&self, leader: NodeId, node: &BasicNode) -> ReadIndexFuture;
 }
+
+/// What asking for the read index returns.
+pub type ReadIndexFuture =
+    Pin<Box<dyn Future<Output = Result<u64, ForwardError>> + Send + 'static>>;
 
 /// A forwarded proposal's result on the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,6 +118,30 @@ pub(crate) fn config() -> Result<Config, String> {
     }
     .validate()
     .map_err(|e| e.to_string())
+}
+
+/// A learner is promoted only when it is at most this many log entries behind the leader.
+pub const MAX_PROMOTE_LAG: u64 = 16;
+
+/// A change of the cluster's members (`tally cluster add|promote|remove`), made on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Change {
+    /// Adds a node as a learner: it receives the whole log, and votes only once promoted.
+    Add { id: NodeId, addr: String },
+    /// Makes a learner that has caught up a voter.
+    Promote { id: NodeId },
+    /// Removes a node (voter or learner) from the cluster.
+    Remove { id: NodeId },
+}
+
+/// Why a change was not made.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum ChangeError {
+    /// Changes are made on the leader; this node knows this one (or none).
+    #[error("this node is not the leader (the leader it knows: {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A node's role as the cluster table shows it.

@@ -448,6 +448,8 @@ pub struct Database {
     raft: Raft<TypeConfig>,
     /// This node's id in its Raft group.
     id: NodeId,
+    /// How this node reaches the leader (lone node: never needed).
+    forward: Arc<dyn Forward>,
     shared: Arc<Shared>,
     log: LogStore,
     dir: PathBuf,
@@ -617,6 +619,7 @@ impl Database {
         let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
         let recovery = Opened { log: recovery, snapshot_discarded };
         let (coalescer, rx) = mpsc::channel(QUEUE);
+        let forward = node.forward.clone();
         let route = Route { id: node.id, forward: (mode != Mode::Alone).then_some(node.forward) };
         rt.spawn(coalesce(raft.clone(), log.clone(), route, rx));
         let checker = Checker::start(log.clone());
@@ -624,6 +627,7 @@ impl Database {
             rt,
             raft,
             id: node.id,
+            forward,
             shared,
             log,
             dir,
@@ -882,6 +886,97 @@ impl Database {
         }
     }
 
+    /// The leader's read index (on the leader): once it is applied, a read sees every write
+    /// acknowledged anywhere before this was called.
+    pub async fn read_index(&self) -> Result<u64, ForwardError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(at) => Ok(at.map_or(0, |l| l.index)),
+            Err(e) => Err(match e.forward_to_leader::<BasicNode>() {
+                Some(f) => ForwardError::NotLeader(f.leader_id),
+                None => ForwardError::Unreachable(e.to_string()),
+            }),
+        }
+    }
+
+    /// Waits until this node has applied everything the leader had committed when this was
+    /// called, so that a read after it is linearizable (`SET tally.read_consistency =
+    /// 'linearizable'`). Costs the leader a heartbeat round to confirm it still leads.
+    pub async fn linearize(&self) -> Result<(), WriteError> {
+        let (leader, node) = wait_for_leader(&self.raft, None).await?;
+        let index = if leader == self.id {
+            self.read_index().await
+        } else {
+            self.forward.read_index(leader, &node).await
+        };
+        let index = index.map_err(|e| WriteError::NotLeader(format!("no read index: {e}")))?;
+        self.raft
+            .wait(Some(cluster::APPLY_WAIT))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map_err(|e| WriteError::NotLeader(format!("this node is behind the leader: {e}")))?;
+        Ok(())
+    }
+
+    /// Changes the cluster's members, on the leader (`cluster::Change`); returns once the new
+    /// configuration is committed.
+    pub async fn change_members(
+        &self,
+        change: cluster::Change,
+    ) -> Result<(), cluster::ChangeError> {
+        use cluster::{Change, ChangeError};
+        use openraft::ChangeMembers;
+        let status = self.cluster_status();
+        if status.leader != Some(self.id) {
+            return Err(ChangeError::NotLeader(status.leader));
+        }
+        let member = |id| status.members.iter().find(|m| m.id == id);
+        let done = match change {
+            Change::Add { id, addr } => {
+                if member(id).is_some() {
+                    return Err(ChangeError::Refused(format!("node {id} is already a member")));
+                }
+                self.raft.add_learner(id, BasicNode::new(addr), false).await
+            }
+            Change::Promote { id } => {
+                let m = member(id).ok_or_else(|| {
+                    ChangeError::Refused(format!("node {id} is not a member; add it first"))
+                })?;
+                if m.voter {
+                    return Err(ChangeError::Refused(format!("node {id} is already a voter")));
+                }
+                let last = status.last_log_index.unwrap_or(0);
+                let lag = m.matched.map(|x| last.saturating_sub(x));
+                if lag.is_none_or(|lag| lag > cluster::MAX_PROMOTE_LAG) {
+                    return Err(ChangeError::Refused(format!(
+                        "node {id} has not caught up (it holds log index {:?} of {last}); \
+                         promote it once `cluster` shows its lag at most {}",
+                        m.matched,
+                        cluster::MAX_PROMOTE_LAG
+                    )));
+                }
+                self.raft.change_membership(ChangeMembers::AddVoterIds([id].into()), true).await
+            }
+            Change::Remove { id } => {
+                let m = member(id)
+                    .ok_or_else(|| ChangeError::Refused(format!("node {id} is not a member")))?;
+                let voters = status.members.iter().filter(|m| m.voter).count();
+                if m.voter && voters == 1 {
+                    return Err(ChangeError::Refused("the last voter cannot be removed".into()));
+                }
+                let change = if m.voter {
+                    ChangeMembers::RemoveVoters([id].into())
+                } else {
+                    ChangeMembers::RemoveNodes([id].into())
+                };
+                self.raft.change_membership(change, false).await
+            }
+        };
+        done.map(|_| ()).map_err(|e| match e.forward_to_leader::<BasicNode>() {
+            Some(f) => ChangeError::NotLeader(f.leader_id),
+            None => ChangeError::Refused(e.to_string()),
+        })
+    }
+
     /// This node's view of the cluster: its role, the leader, and each member.
     pub fn cluster_status(&self) -> cluster::Status {
         let m = self.raft.metrics().borrow().clone();
@@ -990,6 +1085,10 @@ impl RaftNetworkFactory<TypeConfig> for NoNetwork {
 impl Forward for NoNetwork {
     fn forward(&self, leader: NodeId, _node: &BasicNode, _proposal: &Proposal) -> ForwardFuture {
         Box::pin(async move { Err(ForwardError::NotWritten(NoPeer(leader).to_string())) })
+    }
+
+    fn read_index(&self, leader: NodeId, _node: &BasicNode) -> cluster::ReadIndexFuture {
+        Box::pin(async move { Err(ForwardError::Unreachable(NoPeer(leader).to_string())) })
     }
 }
 

@@ -4,6 +4,7 @@
 //! `ingest` (stream CSV or JSON-lines files into a server over Arrow Flight).
 //! Argument parsing and output only; the work is in the crates.
 
+mod cluster;
 mod demo;
 mod ingest;
 mod serve;
@@ -59,6 +60,8 @@ enum Command {
         #[arg(long, default_value = "./tally-data")]
         data: PathBuf,
     },
+    /// Look at or change a cluster's members (through any node's Raft port).
+    Cluster(cluster::Args),
     /// Stream CSV or JSON-lines files (or stdin) into a server's ingest endpoint, batched,
     /// with retries that never double-count.
     Ingest(ingest::Args),
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Verify { data } => verify(&data),
         Command::Salvage { data } => salvage(&data),
         Command::Ingest(args) => ingest::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Torture { data, batches } => torture::run(&data, batches),
     };
     match result {

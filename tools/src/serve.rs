@@ -75,8 +75,8 @@ pub struct Args {
 /// One `--peers` item: `ID=HOST:PORT`.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    id: u64,
-    addr: String,
+    pub id: u64,
+    pub addr: String,
 }
 
 impl std::str::FromStr for Peer {
@@ -122,22 +122,7 @@ fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> 
             )
         })?,
     };
-    let secret = match &args.cluster_secret_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the cluster secret {}: {e}", path.display()))?;
-            let text = text.trim().to_owned();
-            if text.is_empty() || !text.is_ascii() {
-                return Err(format!(
-                    "{} must hold the secret as one line of ASCII",
-                    path.display()
-                )
-                .into());
-            }
-            Some(text)
-        }
-        None => None,
-    };
+    let secret = super::cluster::read_secret(args.cluster_secret_file.as_ref())?;
     let network = Network::new(Secret::new(secret.clone()));
     let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
     let db = Database::open_node(&args.data, Options::default(), node)?;

@@ -15,19 +15,42 @@ use crate::wire::{Reply, Wire};
 struct Cluster {
     dirs: Vec<PathBuf>,
     peers: String,
+    raft: Vec<u16>,
     nodes: Vec<Option<Served>>,
 }
 
 impl Cluster {
     fn start(root: &Path, size: usize) -> Cluster {
         let raft: Vec<u16> = (0..size).map(|_| free_port()).collect();
-        let peers =
+        let peers: Vec<String> =
             raft.iter().enumerate().map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1)).collect();
-        let peers: Vec<String> = peers;
         let dirs = (1..=size).map(|i| root.join(format!("node{i}"))).collect();
-        let mut cluster = Cluster { dirs, peers: peers.join(","), nodes: Vec::new() };
+        let mut cluster = Cluster { dirs, peers: peers.join(","), raft, nodes: Vec::new() };
         cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
         cluster
+    }
+
+    /// Starts one more node, not yet a member: it waits to be added.
+    fn start_extra(&mut self, root: &Path) -> usize {
+        let id = self.nodes.len() + 1;
+        self.raft.push(free_port());
+        self.dirs.push(root.join(format!("node{id}")));
+        self.peers = format!("{},{id}=127.0.0.1:{}", self.peers, self.raft[id - 1]);
+        let served = self.spawn(id);
+        self.nodes.push(Some(served));
+        id
+    }
+
+    /// `tally cluster ARGS --server <node 1's Raft address>`: success and output.
+    fn admin(&self, args: &[&str]) -> (bool, String) {
+        let server = format!("127.0.0.1:{}", self.raft[0]);
+        let out = tally().arg("cluster").args(args).args(["--server", &server]).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 
     fn spawn(&self, id: usize) -> Served {
@@ -220,4 +243,54 @@ fn cluster_options_are_checked_before_anything_starts() {
     assert!(run(&["--node-id", "1"]).contains("need --peers"));
     let open = run(&["--node-id", "1", "--peers", "1=0.0.0.0:5999", "--raft", "0.0.0.0:5999"]);
     assert!(open.contains("cluster secret"), "{open}");
+}
+
+#[test]
+fn a_node_is_added_under_writes_caught_up_promoted_and_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(root.path(), 3);
+    cluster.leader(1, None, Duration::from_secs(30));
+    let mut history = BTreeMap::new();
+    write_some(&cluster, 0..40, |n| 1 + n % 3, &mut history);
+    let new = cluster.start_extra(root.path());
+    let (ok, text) = cluster.admin(&["promote", &new.to_string()]);
+    assert!(!ok && text.contains("not a member"), "{text}");
+    let (ok, text) = cluster.admin(&["add", &format!("{new}=127.0.0.1:{}", cluster.raft[new - 1])]);
+    assert!(ok, "{text}");
+    // Writes go on while the learner catches up from the start of the log.
+    write_some(&cluster, 40..80, |n| 1 + n % 3, &mut history);
+    assert!(history.values().all(|s| *s == Seen::Acked), "{history:?}");
+    let events = cluster.converged(Duration::from_secs(60));
+    check(&history, &events);
+    let started = Instant::now();
+    loop {
+        let (ok, text) = cluster.admin(&["promote", &new.to_string()]);
+        if ok {
+            break;
+        }
+        assert!(text.contains("caught up"), "{text}");
+        assert!(started.elapsed() < Duration::from_secs(30), "never caught up: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (ok, text) = cluster.admin(&["status"]);
+    assert!(ok && text.matches("voter").count() == 4, "{text}");
+    // A linearizable read on the new node sees a write just made through another node.
+    let reply = cluster.query(1, "INSERT INTO datanets VALUES ('fresh', 'o')");
+    assert_eq!(outcome(&reply), Seen::Acked);
+    let reply = cluster.query(
+        new,
+        "SET tally.read_consistency = 'linearizable'; \
+         SELECT count(*) FROM datanets WHERE datanet = 'fresh'",
+    );
+    assert!(reply.errors.is_empty(), "{reply:?}");
+    assert_eq!(reply.rows, vec![vec![Some("1".to_owned())]]);
+    let reply = cluster.query(new, "SET tally.read_consistency = 'eventually'");
+    assert_eq!(reply.codes(), vec!["22023"]);
+
+    let (ok, text) = cluster.admin(&["remove", &new.to_string()]);
+    assert!(ok, "{text}");
+    let reply = cluster.query(1, "SELECT count(*) FROM cluster");
+    assert_eq!(reply.rows, vec![vec![Some("3".to_owned())]]);
+    write_some(&cluster, 80..90, |n| 1 + n % 3, &mut history);
+    assert!(history.values().all(|s| *s == Seen::Acked), "{history:?}");
 }
