@@ -21,7 +21,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, EntryPayload};
+use futures::future::{BoxFuture, FutureExt, Shared};
+use openraft::{BasicNode, EntryPayload, LogId, Vote};
 use serde::de::DeserializeOwned;
 use tally_storage::cluster::{
     Change, ChangeError, Forward, ForwardError, ForwardFuture, ReadIndexFuture, MAX_APPEND_BYTES,
@@ -151,7 +152,7 @@ impl Network {
         let client = FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Peer { target, client, secret: self.secret.clone() }
+        Peer { target, client, secret: self.secret.clone(), transfer: None }
     }
 }
 
@@ -160,33 +161,80 @@ pub struct Peer {
     target: NodeId,
     client: FlightServiceClient<Channel>,
     secret: Secret,
+    /// The AppendEntries with entries still on its way, if openraft stopped waiting for it.
+    transfer: Option<Transfer>,
+}
+
+/// The answer to one call: its body, or the gRPC status code and message.
+type Answer = Result<Vec<u8>, (tonic::Code, String)>;
+
+/// An AppendEntries carrying entries, sent by a task of its own: openraft limits each call to
+/// a heartbeat interval, and a large entry (or a slow disk) can take longer. When openraft
+/// gives up and asks again with the same starting point, the call still on its way is awaited
+/// instead of sending the entries again, so a follower far behind always catches up.
+struct Transfer {
+    vote: Vote<NodeId>,
+    prev: Option<LogId<NodeId>>,
+    last: Option<LogId<NodeId>>,
+    answer: Shared<BoxFuture<'static, Answer>>,
+}
+
+/// How long one transfer of entries may take, at most.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One action: its body out, the answer's body back.
+async fn call(
+    mut client: FlightServiceClient<Channel>,
+    secret: Secret,
+    action: Action,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Status> {
+    let mut request =
+        tonic::Request::new(arrow_flight::Action { r#type: action.name().into(), body: body.into() });
+    request.set_timeout(timeout);
+    if let Some(secret) = &secret.0 {
+        let value = MetadataValue::try_from(secret.as_ref())
+            .map_err(|_| Status::invalid_argument("the cluster secret must be ASCII"))?;
+        request.metadata_mut().insert(SECRET_HEADER, value);
+    }
+    let mut answers = client.do_action(request).await?.into_inner();
+    let answer = answers.message().await?;
+    answer.map(|r| r.body.to_vec()).ok_or_else(|| Status::internal("an empty answer"))
+}
+
+fn rpc_error<E: std::error::Error>(code: tonic::Code, message: &str) -> RPCError<NodeId, BasicNode, E> {
+    let e = Status::new(code, message);
+    if code == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::new(&e))
+    } else {
+        RPCError::Network(NetworkError::new(&e))
+    }
 }
 
 impl Peer {
-    /// One action: its body out, the answer's body back.
     async fn call(
         &mut self,
         action: Action,
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, Status> {
-        let mut request = tonic::Request::new(arrow_flight::Action {
-            r#type: action.name().into(),
-            body: body.into(),
-        });
-        request.set_timeout(timeout);
-        if let Some(secret) = &self.secret.0 {
-            let value = MetadataValue::try_from(secret.as_ref())
-                .map_err(|_| Status::invalid_argument("the cluster secret must be ASCII"))?;
-            request.metadata_mut().insert(SECRET_HEADER, value);
-        }
-        let mut answers = self.client.do_action(request).await?.into_inner();
-        let answer = answers.message().await?;
-        answer.map(|r| r.body.to_vec()).ok_or_else(|| Status::internal("an empty answer"))
+        call(self.client.clone(), self.secret.clone(), action, body, timeout).await
     }
 
-    /// A Raft RPC: openraft's request out, its result (an answer or the peer's Raft error)
-    /// back.
+    /// An answer's body as openraft's result: the peer's answer or its Raft error.
+    fn result<Resp, E>(&self, answer: Answer) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer = answer.map_err(|(code, message)| rpc_error(code, &message))?;
+        let result: Result<Resp, E> =
+            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// A Raft RPC: openraft's request out, its result back.
     async fn rpc<Req, Resp, E>(
         &mut self,
         action: Action,
@@ -200,16 +248,34 @@ impl Peer {
     {
         let body =
             postcard::to_stdvec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let answer = self.call(action, body, option.hard_ttl()).await.map_err(|s| {
-            if s.code() == tonic::Code::Unavailable {
-                RPCError::Unreachable(Unreachable::new(&s))
-            } else {
-                RPCError::Network(NetworkError::new(&s))
-            }
-        })?;
-        let result: Result<Resp, E> =
-            postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+        let answer = self.call(action, body, option.hard_ttl()).await;
+        self.result(answer.map_err(|s| (s.code(), s.message().to_owned())))
+    }
+
+    /// The transfer that answers `rpc`: the one on its way when it starts where `rpc` does
+    /// and covers no more than it, else a new one.
+    fn transfer(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<&Transfer, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let reuse = self.transfer.as_ref().is_some_and(|t| {
+            t.vote == rpc.vote && t.prev == rpc.prev_log_id && t.last <= last
+        });
+        if !reuse {
+            let body =
+                postcard::to_stdvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let sending = call(self.client.clone(), self.secret.clone(), Action::Append, body, TRANSFER_TIMEOUT);
+            let task = tokio::spawn(async move {
+                sending.await.map_err(|s| (s.code(), s.message().to_owned()))
+            });
+            let answer: BoxFuture<'static, Answer> = Box::pin(async move {
+                task.await.unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string())))
+            });
+            self.transfer =
+                Some(Transfer { vote: rpc.vote, prev: rpc.prev_log_id, last, answer: answer.shared() });
+        }
+        Ok(self.transfer.as_ref().expect("a transfer"))
     }
 }
 
@@ -237,6 +303,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        if rpc.entries.is_empty() {
+            return self.rpc(Action::Append, &rpc, &option).await;
+        }
         let mut bytes = 0;
         let keep = rpc
             .entries
@@ -247,13 +316,21 @@ impl RaftNetwork<TypeConfig> for Peer {
             })
             .count()
             .max(1);
-        let partial = keep < rpc.entries.len();
+        // The last entry openraft handed over: a success for fewer is partial.
+        let asked = rpc.entries.last().map(|e| e.log_id);
         rpc.entries.truncate(keep);
-        let last = rpc.entries.last().map(|e| e.log_id);
-        let answer = self.rpc(Action::Append, &rpc, &option).await?;
-        Ok(match answer {
-            AppendEntriesResponse::Success if partial => {
-                AppendEntriesResponse::PartialSuccess(last)
+        let (answer, sent) = {
+            let transfer = self.transfer(&rpc)?;
+            (transfer.answer.clone(), transfer.last)
+        };
+        // openraft may stop waiting here (its time limit); the transfer goes on regardless.
+        let answer = answer.await;
+        self.transfer = None;
+        Ok(match self.result(answer)? {
+            // Fewer entries than openraft handed over went (the byte cap, or an earlier
+            // transfer answered): the follower holds up to the last one sent.
+            AppendEntriesResponse::Success if sent != asked => {
+                AppendEntriesResponse::PartialSuccess(sent)
             }
             other => other,
         })

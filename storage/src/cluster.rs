@@ -89,12 +89,13 @@ pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 pub const APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Leader heartbeat, in milliseconds. openraft also uses it as the time limit of one
-/// AppendEntries call (send, the follower's fsync, answer), so it must cover one request of
-/// `MAX_APPEND_BYTES` on a slow disk.
-pub const HEARTBEAT_MS: u64 = 250;
+/// AppendEntries call; a call carrying entries that takes longer goes on in the background and
+/// answers openraft's next try (the network layer's `Transfer`), so large entries and slow
+/// disks never keep a follower from catching up.
+pub const HEARTBEAT_MS: u64 = 100;
 /// A follower that hears nothing from a leader for this long (randomised up to twice it)
 /// starts an election: the bound on how long a dead leader goes unnoticed.
-pub const ELECTION_TIMEOUT_MS: u64 = 1_000;
+pub const ELECTION_TIMEOUT_MS: u64 = 500;
 /// Entries one AppendEntries request carries at most, before the byte cap below.
 pub const MAX_APPEND_ENTRIES: u64 = 64;
 /// Bytes of entries one AppendEntries request carries at most (the network layer sends a
