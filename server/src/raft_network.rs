@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -21,7 +22,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use futures::future::{BoxFuture, FutureExt, Shared};
 use openraft::{BasicNode, EntryPayload, LogId, Vote};
 use serde::de::DeserializeOwned;
 use tally_storage::cluster::{
@@ -190,8 +190,10 @@ async fn call(
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, Status> {
-    let mut request =
-        tonic::Request::new(arrow_flight::Action { r#type: action.name().into(), body: body.into() });
+    let mut request = tonic::Request::new(arrow_flight::Action {
+        r#type: action.name().into(),
+        body: body.into(),
+    });
     request.set_timeout(timeout);
     if let Some(secret) = &secret.0 {
         let value = MetadataValue::try_from(secret.as_ref())
@@ -203,7 +205,10 @@ async fn call(
     answer.map(|r| r.body.to_vec()).ok_or_else(|| Status::internal("an empty answer"))
 }
 
-fn rpc_error<E: std::error::Error>(code: tonic::Code, message: &str) -> RPCError<NodeId, BasicNode, E> {
+fn rpc_error<E: std::error::Error>(
+    code: tonic::Code,
+    message: &str,
+) -> RPCError<NodeId, BasicNode, E> {
     let e = Status::new(code, message);
     if code == tonic::Code::Unavailable {
         RPCError::Unreachable(Unreachable::new(&e))
@@ -259,21 +264,32 @@ impl Peer {
         rpc: &AppendEntriesRequest<TypeConfig>,
     ) -> Result<&Transfer, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let last = rpc.entries.last().map(|e| e.log_id);
-        let reuse = self.transfer.as_ref().is_some_and(|t| {
-            t.vote == rpc.vote && t.prev == rpc.prev_log_id && t.last <= last
-        });
+        let reuse = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.vote == rpc.vote && t.prev == rpc.prev_log_id && t.last <= last);
         if !reuse {
             let body =
                 postcard::to_stdvec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-            let sending = call(self.client.clone(), self.secret.clone(), Action::Append, body, TRANSFER_TIMEOUT);
+            let sending = call(
+                self.client.clone(),
+                self.secret.clone(),
+                Action::Append,
+                body,
+                TRANSFER_TIMEOUT,
+            );
             let task = tokio::spawn(async move {
                 sending.await.map_err(|s| (s.code(), s.message().to_owned()))
             });
             let answer: BoxFuture<'static, Answer> = Box::pin(async move {
                 task.await.unwrap_or_else(|e| Err((tonic::Code::Internal, e.to_string())))
             });
-            self.transfer =
-                Some(Transfer { vote: rpc.vote, prev: rpc.prev_log_id, last, answer: answer.shared() });
+            self.transfer = Some(Transfer {
+                vote: rpc.vote,
+                prev: rpc.prev_log_id,
+                last,
+                answer: answer.shared(),
+            });
         }
         Ok(self.transfer.as_ref().expect("a transfer"))
     }

@@ -19,6 +19,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `n` distinct free ports (all held at once while they are picked).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
 pub fn tally() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tally"))
 }
@@ -34,7 +41,12 @@ pub struct Served {
 
 impl Served {
     pub fn start(data: &Path, extra: &[&str]) -> Served {
-        let (port, ingest_port) = (free_port(), free_port());
+        let ports = free_ports(2);
+        Served::start_on(data, (ports[0], ports[1]), extra)
+    }
+
+    /// As `start`, with the SQL and ingest ports given (a node restarted on its own ports).
+    pub fn start_on(data: &Path, (port, ingest_port): (u16, u16), extra: &[&str]) -> Served {
         let mut child = tally()
             .args(["serve", "--data"])
             .arg(data)

@@ -62,8 +62,14 @@ impl Wire {
 
     /// As `connect`; `None` when the server is not there or refuses the session.
     pub fn try_connect(port: u16) -> Option<Wire> {
-        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        Wire::try_connect_waiting(port, Duration::from_secs(120))
+    }
+
+    /// As `try_connect`, waiting at most `limit` for each answer (a stopped server's
+    /// connection then reads as closed).
+    pub fn try_connect_waiting(port: u16, limit: Duration) -> Option<Wire> {
+        let stream = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), limit).ok()?;
+        stream.set_read_timeout(Some(limit)).unwrap();
         let mut wire = Wire { stream, key: (0, 0) };
         wire.stream.write_all(&startup_packet("tally")).ok()?;
         let reply = wire.read_until_ready();
