@@ -228,6 +228,8 @@ impl Peer {
     }
 
     /// An answer's body as openraft's result: the peer's answer or its Raft error.
+    // openraft's error types are large; they are what its network trait returns.
+    #[allow(clippy::result_large_err)]
     fn result<Resp, E>(&self, answer: Answer) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
     where
         Resp: DeserializeOwned,
@@ -259,6 +261,7 @@ impl Peer {
 
     /// The transfer that answers `rpc`: the one on its way when it starts where `rpc` does
     /// and covers no more than it, else a new one.
+    #[allow(clippy::result_large_err)]
     fn transfer(
         &mut self,
         rpc: &AppendEntriesRequest<TypeConfig>,
