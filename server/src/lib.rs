@@ -114,7 +114,14 @@ pub struct Server {
     mock_key: Arc<[u8; 32]>,
     limits: ConnectionLimits,
     ingest: Option<IngestListener>,
-    raft: Option<(TcpListener, raft_service::RaftService)>,
+    raft: Option<RaftListener>,
+}
+
+/// The bound Raft port of a node of a cluster.
+struct RaftListener {
+    listener: TcpListener,
+    service: raft_service::RaftService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// The bound streaming-ingest endpoint.
@@ -178,7 +185,8 @@ impl Server {
             Some((addr, secret)) => {
                 raft_service::check_listen(addr, &secret).map_err(ServerError::Bind)?;
                 let service = raft_service::RaftService::new(sql.database().clone(), secret);
-                Some((listen(addr, "--raft").await?, service))
+                let tls = options.tls.as_ref().map(|(c, k)| flight_tls(c, k)).transpose()?;
+                Some(RaftListener { listener: listen(addr, "--raft").await?, service, tls })
             }
             None => None,
         };
@@ -205,7 +213,7 @@ impl Server {
 
     /// Where the Raft port listens, for a node of a cluster.
     pub fn raft_addr(&self) -> Option<SocketAddr> {
-        self.raft.as_ref().map(|(l, _)| l.local_addr().expect("a bound listener"))
+        self.raft.as_ref().map(|r| r.listener.local_addr().expect("a bound listener"))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,9 +237,9 @@ impl Server {
             None => (None, None),
         };
         let (stop_raft, raft) = match self.raft.take() {
-            Some((listener, service)) => {
+            Some(raft) => {
                 let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                (Some(stop), Some(tokio::spawn(serve_raft(listener, service, stopped))))
+                (Some(stop), Some(tokio::spawn(serve_raft(raft, stopped))))
             }
             None => (None, None),
         };
@@ -343,14 +351,21 @@ async fn serve_ingest(ingest: IngestListener, stopped: tokio::sync::oneshot::Rec
 }
 
 /// Serves the Raft port until `stopped` fires.
-async fn serve_raft(
-    listener: TcpListener,
-    service: raft_service::RaftService,
-    stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
-        .add_service(service.service())
+async fn serve_raft(raft: RaftListener, stopped: tokio::sync::oneshot::Receiver<()>) {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = raft.tls {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("Raft port: TLS: {e}");
+                return;
+            }
+        };
+    }
+    let incoming =
+        tonic::transport::server::TcpIncoming::from(raft.listener).with_nodelay(Some(true));
+    let served = builder
+        .add_service(raft.service.service())
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         })

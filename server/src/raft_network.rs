@@ -30,7 +30,7 @@ use tally_storage::cluster::{
 use tally_storage::payload::Proposal;
 use tally_storage::raft::{NodeId, TypeConfig};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 /// Largest gRPC message between nodes: one log record, plus framing.
@@ -119,6 +119,8 @@ pub(crate) fn check_secret(secret: &Secret, metadata: &MetadataMap) -> Result<()
 #[derive(Clone)]
 pub struct Network {
     secret: Secret,
+    /// TLS to the other nodes, trusting these certificates; `None`: plain gRPC.
+    tls: Option<ClientTlsConfig>,
     /// Raft's channels, connected lazily (tonic reconnects them).
     channels: Channels,
     /// Forwarding's channels, connected eagerly (see `forwarding`).
@@ -128,8 +130,28 @@ pub struct Network {
 type Channels = Arc<Mutex<HashMap<(NodeId, String), Channel>>>;
 
 impl Network {
-    pub fn new(secret: Secret) -> Network {
-        Network { secret, channels: Arc::default(), forwarding: Arc::default() }
+    /// Calls between nodes carry `secret`; with `trusted` (PEM certificates: the nodes' shared
+    /// certificate or their CA), they go over TLS and a node must present a certificate for
+    /// the host name or IP address it is reached at.
+    pub fn new(secret: Secret, trusted: Option<&[u8]>) -> Network {
+        let tls =
+            trusted.map(|pem| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
+        Network { secret, tls, channels: Arc::default(), forwarding: Arc::default() }
+    }
+
+    /// Where node `addr` is reached, with this network's TLS.
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        match &self.tls {
+            Some(tls) => {
+                endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS to {addr}: {e}"))
+            }
+            None => Ok(endpoint),
+        }
     }
 
     /// The pooled channel to `node` (connected on first use, reconnected by tonic).
@@ -137,10 +159,10 @@ impl Network {
         let key = (target, node.addr.clone());
         let channel = self.channels.lock().expect("channels lock").get(&key).cloned();
         let channel = channel.unwrap_or_else(|| {
-            let endpoint = Endpoint::from_shared(format!("http://{}", node.addr))
-                .unwrap_or_else(|_| Endpoint::from_static("http://invalid.address"))
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true);
+            let endpoint = self.endpoint(&node.addr).unwrap_or_else(|e| {
+                tracing::error!("node {target}: {e}");
+                Endpoint::from_static("http://invalid.address")
+            });
             let channel = endpoint.connect_lazy();
             self.channels.lock().expect("channels lock").insert(key, channel.clone());
             channel
@@ -382,10 +404,7 @@ impl Network {
         let channel = match cached {
             Some(c) => c,
             None => {
-                let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| ForwardError::Unreachable(format!("address {addr:?}: {e}")))?
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true);
+                let endpoint = self.endpoint(addr).map_err(ForwardError::Unreachable)?;
                 let channel = endpoint.connect().await.map_err(|e| {
                     ForwardError::Unreachable(format!("node {leader} at {addr}: {e}"))
                 })?;
@@ -435,10 +454,9 @@ impl Forward for Network {
 
 /// `tally cluster status`: node `addr`'s (a Raft address) view of the cluster.
 pub async fn cluster_status(
+    network: &Network,
     addr: &str,
-    secret: Secret,
 ) -> Result<tally_storage::cluster::Status, String> {
-    let network = Network::new(secret);
     let mut peer = network.forwarding(0, addr).await.map_err(|e| e.to_string())?;
     let answer = peer.call(Action::Status, Vec::new(), CONNECT_TIMEOUT * 5).await;
     let answer = answer.map_err(|s| format!("{addr}: {}", s.message()))?;
@@ -449,8 +467,7 @@ pub async fn cluster_status(
 
 /// `tally cluster add|promote|remove`: makes `change` on the leader, found through node
 /// `addr`; returns once the new configuration is committed.
-pub async fn change_members(addr: &str, secret: Secret, change: Change) -> Result<(), String> {
-    let network = Network::new(secret.clone());
+pub async fn change_members(network: &Network, addr: &str, change: Change) -> Result<(), String> {
     let mut at = addr.to_owned();
     for _ in 0..=tally_storage::cluster::MAX_HOPS {
         let mut peer = network.forwarding(0, &at).await.map_err(|e| e.to_string())?;
@@ -462,7 +479,7 @@ pub async fn change_members(addr: &str, secret: Secret, change: Change) -> Resul
         match done {
             Ok(()) => return Ok(()),
             Err(ChangeError::NotLeader(Some(leader))) => {
-                let status = cluster_status(&at, secret.clone()).await?;
+                let status = cluster_status(network, &at).await?;
                 let member = status.members.iter().find(|m| m.id == leader);
                 at = member.map(|m| m.addr.clone()).ok_or("the leader has no address")?;
             }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tally_server::Secret;
+use tally_server::{Network, Secret};
 use tally_storage::cluster::{Change, Status};
 
 /// `tally cluster`'s options.
@@ -19,6 +19,9 @@ pub struct Args {
     /// File holding the cluster's secret (as given to `tally serve`).
     #[arg(long, global = true)]
     cluster_secret_file: Option<PathBuf>,
+    /// PEM certificates to trust: the nodes' Raft ports speak TLS (they run with --tls-*).
+    #[arg(long, global = true)]
+    cluster_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -47,11 +50,18 @@ pub fn read_secret(path: Option<&PathBuf>) -> Result<Option<String>, String> {
 
 pub fn run(args: Args) -> super::Result<ExitCode> {
     let secret = Secret::new(read_secret(args.cluster_secret_file.as_ref())?);
+    let trusted = match &args.cluster_ca {
+        Some(ca) => {
+            Some(std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?)
+        }
+        None => None,
+    };
+    let network = Network::new(secret, trusted.as_deref());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = args.server.as_str();
     let change = match args.command {
         Command::Status => {
-            let status = runtime.block_on(tally_server::cluster_status(server, secret))?;
+            let status = runtime.block_on(tally_server::cluster_status(&network, server))?;
             print_status(&status);
             return Ok(ExitCode::SUCCESS);
         }
@@ -60,7 +70,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
         Command::Remove { id } => Change::Remove { id },
     };
     let shown = format!("{change:?}");
-    runtime.block_on(tally_server::change_members(server, secret, change))?;
+    runtime.block_on(tally_server::change_members(&network, server, change))?;
     println!("done: {shown}");
     Ok(ExitCode::SUCCESS)
 }

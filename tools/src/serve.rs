@@ -70,6 +70,11 @@ pub struct Args {
     /// address is a loopback one).
     #[arg(long)]
     pub cluster_secret_file: Option<PathBuf>,
+    /// PEM certificates this node trusts when it calls the others over TLS (default: the
+    /// --tls-cert file, for nodes that share one certificate). With --tls-*, the Raft port
+    /// speaks TLS too.
+    #[arg(long)]
+    pub cluster_ca: Option<PathBuf>,
 }
 
 /// One `--peers` item: `ID=HOST:PORT`.
@@ -123,7 +128,13 @@ fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> 
         })?,
     };
     let secret = super::cluster::read_secret(args.cluster_secret_file.as_ref())?;
-    let network = Network::new(Secret::new(secret.clone()));
+    let trusted = match (&args.cluster_ca, &args.tls_cert) {
+        (Some(ca), _) | (None, Some(ca)) => {
+            Some(std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?)
+        }
+        (None, None) => None,
+    };
+    let network = Network::new(Secret::new(secret.clone()), trusted.as_deref());
     let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
     let db = Database::open_node(&args.data, Options::default(), node)?;
     Ok((db, Some((listen, Secret::new(secret)))))

@@ -25,11 +25,17 @@ struct Cluster {
     sql: Vec<u16>,
     /// Each node's ingest port.
     ingest: Vec<u16>,
+    /// More `tally serve` arguments for every node.
+    extra: Vec<String>,
     nodes: Vec<Option<Served>>,
 }
 
 impl Cluster {
     fn start(root: &Path, size: usize) -> Cluster {
+        Cluster::start_with(root, size, &[])
+    }
+
+    fn start_with(root: &Path, size: usize, extra: &[String]) -> Cluster {
         // Every port of every node picked at once (and of a node added later: `SPARE`), so
         // that no two collide.
         let ports = free_ports(3 * (size + SPARE));
@@ -43,7 +49,8 @@ impl Cluster {
             .collect();
         let dirs = (1..=size).map(|i| root.join(format!("node{i}"))).collect();
         let peers = peers.join(",");
-        let mut cluster = Cluster { dirs, peers, raft, sql, ingest, nodes: Vec::new() };
+        let extra = extra.to_vec();
+        let mut cluster = Cluster { dirs, peers, raft, sql, ingest, extra, nodes: Vec::new() };
         cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
         cluster
     }
@@ -62,7 +69,9 @@ impl Cluster {
     /// `tally cluster ARGS --server <node 1's Raft address>`: success and output.
     fn admin(&self, args: &[&str]) -> (bool, String) {
         let server = format!("127.0.0.1:{}", self.raft[0]);
-        let out = tally().arg("cluster").args(args).args(["--server", &server]).output().unwrap();
+        let mut command = tally();
+        command.arg("cluster").args(args).args(["--server", &server]);
+        let out = command.output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -74,7 +83,9 @@ impl Cluster {
     fn spawn(&self, id: usize) -> Served {
         let id_text = id.to_string();
         let (dir, ports) = (&self.dirs[id - 1], (self.sql[id - 1], self.ingest[id - 1]));
-        Served::start_on(dir, ports, &["--node-id", &id_text, "--peers", &self.peers])
+        let mut args = vec!["--node-id", &id_text, "--peers", &self.peers];
+        args.extend(self.extra.iter().map(String::as_str));
+        Served::start_on(dir, ports, &args)
     }
 
     fn port(&self, id: usize) -> Option<u16> {
@@ -455,4 +466,52 @@ fn a_node_is_added_under_writes_caught_up_promoted_and_removed() {
     assert_eq!(reply.rows, vec![vec![Some("3".to_owned())]]);
     write_some(&cluster, 80..90, |n| 1 + n % 3, &mut history);
     assert!(history.values().all(|s| *s == Seen::Acked), "{history:?}");
+}
+
+#[test]
+fn nodes_talk_over_tls_and_refuse_calls_without_the_cluster_secret() {
+    let root = tempfile::tempdir().unwrap();
+    let (cert, key, secret) =
+        (root.path().join("c.pem"), root.path().join("k.pem"), root.path().join("secret"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"])
+        // A certificate the nodes share is an end entity, not a CA (rustls refuses that).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (installed by .ci/run)");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::write(&secret, "s3cret-shared-by-the-nodes\n").unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let extra = [
+        "--tls-cert".into(),
+        path(&cert),
+        "--tls-key".into(),
+        path(&key),
+        "--cluster-secret-file".into(),
+        path(&secret),
+    ];
+    let cluster = Cluster::start_with(root.path(), 3, &extra);
+    let leader = cluster.leader(1, None, Duration::from_secs(30));
+    let follower = 1 + leader % 3;
+    let reply = cluster.query(follower, "INSERT INTO datanets VALUES ('over-tls', 'o')");
+    assert_eq!(outcome(&reply), Seen::Acked, "{reply:?}");
+    let trust = ["--cluster-ca".to_owned(), path(&cert)];
+    let with_secret = ["--cluster-secret-file".to_owned(), path(&secret)];
+    let status: Vec<&str> =
+        ["status"].into_iter().chain(trust.iter().map(String::as_str)).collect();
+    let (ok, text) = cluster.admin(&status);
+    assert!(!ok && text.contains("secret"), "a call without the secret: {text}");
+    let mut status = status.clone();
+    status.extend(with_secret.iter().map(String::as_str));
+    let (ok, text) = cluster.admin(&status);
+    assert!(ok && text.matches("voter").count() == 3, "{text}");
+    let (ok, text) = cluster
+        .admin(&with_secret.iter().map(String::as_str).chain(["status"]).collect::<Vec<_>>());
+    assert!(!ok, "plain gRPC to a TLS port: {text}");
+    cluster.converged(Duration::from_secs(30));
 }
