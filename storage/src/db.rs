@@ -499,6 +499,27 @@ async fn start(
     Ok(())
 }
 
+/// Once this node leads, makes the cluster's configuration carry the Raft address it was
+/// started with, when it carries another: a lone node's directory (whose entry has no address)
+/// started as node of a cluster, or a node moved to a new address. Followers need the leader's
+/// address to forward writes to it.
+async fn publish_own_address(raft: Raft<TypeConfig>, id: NodeId, own: BasicNode) {
+    let Ok(m) = raft.wait(None).metrics(|m| m.current_leader == Some(id), "leading").await else {
+        return;
+    };
+    if m.membership_config.membership().get_node(&id) == Some(&own) {
+        return;
+    }
+    let change = openraft::ChangeMembers::SetNodes([(id, own.clone())].into());
+    match raft.change_membership(change, true).await {
+        Ok(_) => tracing::info!(
+            "node {id}'s Raft address is now {} in the cluster's configuration",
+            own.addr
+        ),
+        Err(e) => tracing::warn!("node {id} could not record its address {}: {e}", own.addr),
+    }
+}
+
 /// Takes the data directory's lock file; refused while another process holds it.
 pub fn lock_dir(dir: &Path) -> Result<File, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, e))?;
@@ -615,7 +636,11 @@ impl Database {
         let raft = rt
             .block_on(Raft::new(node.id, Arc::new(config), node.network, log.clone(), sm))
             .map_err(|e| raft_err(&e))?;
+        let own = node.peers.get(&node.id).cloned();
         rt.block_on(start(&raft, node.id, node.peers, log.committed_index(), mode))?;
+        if let (Mode::Member, Some(own)) = (mode, own) {
+            rt.spawn(publish_own_address(raft.clone(), node.id, own));
+        }
         let snapshot_lsn = AtomicU64::new(shared.state.read().expect("state").ledger.last_lsn());
         let recovery = Opened { log: recovery, snapshot_discarded };
         let (coalescer, rx) = mpsc::channel(QUEUE);

@@ -4,6 +4,7 @@
 //! written" is present anywhere, and all nodes end with identical events and state.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,8 @@ struct Cluster {
     ingest: Vec<u16>,
     /// More `tally serve` arguments for every node.
     extra: Vec<String>,
+    /// The COPYs a fault interrupted: their prefix and what their client saw.
+    copies: Vec<(String, Seen)>,
     nodes: Vec<Option<Served>>,
 }
 
@@ -50,7 +53,8 @@ impl Cluster {
         let dirs = (1..=size).map(|i| root.join(format!("node{i}"))).collect();
         let peers = peers.join(",");
         let extra = extra.to_vec();
-        let mut cluster = Cluster { dirs, peers, raft, sql, ingest, extra, nodes: Vec::new() };
+        let (copies, nodes) = (Vec::new(), Vec::new());
+        let mut cluster = Cluster { dirs, peers, raft, sql, ingest, extra, copies, nodes };
         cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
         cluster
     }
@@ -192,19 +196,28 @@ fn write_some(
     }
 }
 
-/// The history checker: against the converged `events` of every node.
-fn check(history: &BTreeMap<String, Seen>, events: &[Vec<Option<String>>]) {
-    let mut present: BTreeMap<String, usize> = BTreeMap::new();
+/// The datanet id an `events.body` names (`{"datanet":"…",…}`), if it is a datanet's.
+fn datanet_of(body: &str) -> Option<&str> {
+    let rest = body.strip_prefix("{\"datanet\":\"")?;
+    rest.split('"').next()
+}
+
+/// How many times each datanet id is in `events`.
+fn datanets_in(events: &[Vec<Option<String>>]) -> BTreeMap<&str, usize> {
+    let mut present = BTreeMap::new();
     for row in events {
-        let body = row[2].as_deref().unwrap_or_default();
-        for (id, _) in history.iter() {
-            if body.contains(&format!("\"{id}\"")) {
-                *present.entry(id.clone()).or_default() += 1;
-            }
+        if let Some(id) = row[2].as_deref().and_then(datanet_of) {
+            *present.entry(id).or_default() += 1;
         }
     }
+    present
+}
+
+/// The history checker: against the converged `events` of every node.
+fn check(history: &BTreeMap<String, Seen>, events: &[Vec<Option<String>>]) {
+    let present = datanets_in(events);
     for (id, seen) in history {
-        let count = present.get(id).copied().unwrap_or(0);
+        let count = present.get(id.as_str()).copied().unwrap_or(0);
         match seen {
             Seen::Acked => assert_eq!(count, 1, "acknowledged write {id} is there {count} times"),
             Seen::NotWritten => {
@@ -260,6 +273,39 @@ enum Fault {
     KillLeader,
     KillFollower,
     PauseLeader,
+    /// The leader is killed while a large COPY into it is under way.
+    KillLeaderDuringCopy,
+}
+
+/// Numbers the interrupted COPYs of a test binary.
+static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Rows of the COPY a `KillLeaderDuringCopy` interrupts.
+const COPY_ROWS: usize = 20_000;
+
+/// COPYs `COPY_ROWS` datanets `{prefix}-{i}` through the node on `port`; what its client saw.
+fn copy_datanets(port: u16, prefix: &str) -> Seen {
+    let Some(mut wire) = Wire::try_connect_waiting(port, Duration::from_secs(30)) else {
+        return Seen::NotWritten;
+    };
+    if !wire.copy_in("COPY datanets FROM STDIN") {
+        return Seen::NotWritten;
+    }
+    let data: String = (0..COPY_ROWS).map(|i| format!("{prefix}-{i}\to\n")).collect();
+    for chunk in data.as_bytes().chunks(64 << 10) {
+        if wire.stream.write_all(&crate::wire::message(b'd', chunk)).is_err() {
+            return Seen::Unknown;
+        }
+    }
+    if wire.stream.write_all(&crate::wire::message(b'c', &[])).is_err() {
+        return Seen::Unknown;
+    }
+    let reply = wire.read_until_ready();
+    match reply.codes().first() {
+        None if !reply.closed => Seen::Acked,
+        Some(&"57P03") => Seen::NotWritten,
+        _ => Seen::Unknown,
+    }
 }
 
 /// Injects `fault` and heals it.
@@ -282,6 +328,18 @@ fn inject(cluster: &mut Cluster, fault: Fault) {
             cluster.pause(leader, true);
             std::thread::sleep(Duration::from_secs(3));
             cluster.pause(leader, false);
+        }
+        Fault::KillLeaderDuringCopy => {
+            let port = cluster.sql[leader - 1];
+            let prefix = format!("copy-{}", COPIES.fetch_add(1, Ordering::Relaxed));
+            let copying =
+                std::thread::spawn(move || (prefix.clone(), copy_datanets(port, &prefix)));
+            std::thread::sleep(Duration::from_millis(150));
+            cluster.kill(leader);
+            let (prefix, seen) = copying.join().unwrap();
+            cluster.copies.push((prefix, seen));
+            std::thread::sleep(Duration::from_secs(1));
+            cluster.restart(leader);
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -310,6 +368,7 @@ fn faults_under_writes(faults: impl Iterator<Item = Fault>) {
     assert!(acked > 20, "too few writes went through: {history:?}");
     let events = cluster.converged(Duration::from_secs(60));
     check(&history, &events);
+    check_copies(&cluster, &events);
     let tables = "SELECT datanet, owner, lsn FROM datanets ORDER BY datanet";
     let states: Vec<_> = (1..=3).map(|id| cluster.query(id, tables).rows).collect();
     assert!(states.iter().all(|s| *s == states[0]), "the nodes' states differ");
@@ -322,7 +381,9 @@ fn faults_under_writes(faults: impl Iterator<Item = Fault>) {
 
 #[test]
 fn kills_and_pauses_under_concurrent_writes_lose_and_double_nothing() {
-    faults_under_writes([Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader].into_iter());
+    let faults =
+        [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::KillLeaderDuringCopy];
+    faults_under_writes(faults.into_iter());
 }
 
 /// The long run: `TALLY_SOAK_SECS` (default 1800) of faults in turn; `tests/soak.sh` runs it.
@@ -331,13 +392,31 @@ fn kills_and_pauses_under_concurrent_writes_lose_and_double_nothing() {
 fn soak() {
     let secs = std::env::var("TALLY_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
     let until = Instant::now() + Duration::from_secs(secs);
-    let all = [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader];
+    let all =
+        [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::KillLeaderDuringCopy];
     let mut round = 0;
     while Instant::now() < until {
         // Rounds of 12 faults, each on a fresh cluster checked at its end.
         faults_under_writes((0..12).map(|k| all[(round + k) % all.len()]));
         round += 1;
         eprintln!("soak: round {round} clean");
+    }
+}
+
+/// An interrupted COPY is one atomic batch: all of its rows are there or none, and all when
+/// its client saw it acknowledged.
+fn check_copies(cluster: &Cluster, events: &[Vec<Option<String>>]) {
+    let present = datanets_in(events);
+    for (prefix, seen) in &cluster.copies {
+        let start = format!("{prefix}-");
+        let rows: usize =
+            present.iter().filter(|(id, _)| id.starts_with(&start)).map(|(_, n)| n).sum();
+        eprintln!("COPY {prefix}: {seen:?}, {rows} rows present");
+        match seen {
+            Seen::Acked => assert_eq!(rows, COPY_ROWS, "acknowledged COPY {prefix}"),
+            Seen::NotWritten => assert_eq!(rows, 0, "COPY {prefix} was not written"),
+            Seen::Unknown => assert!(rows == 0 || rows == COPY_ROWS, "COPY {prefix}: {rows} rows"),
+        }
     }
 }
 
@@ -514,4 +593,45 @@ fn nodes_talk_over_tls_and_refuse_calls_without_the_cluster_secret() {
         .admin(&with_secret.iter().map(String::as_str).chain(["status"]).collect::<Vec<_>>());
     assert!(!ok, "plain gRPC to a TLS port: {text}");
     cluster.converged(Duration::from_secs(30));
+}
+
+#[test]
+fn a_lone_node_grows_into_a_cluster_keeping_its_ledger() {
+    let root = tempfile::tempdir().unwrap();
+    let ports = free_ports(6);
+    let lone = root.path().join("node1");
+    let served = Served::start(&lone, &[]);
+    let reply = Wire::connect(served.port).query("INSERT INTO datanets VALUES ('before', 'o')");
+    assert!(reply.errors.is_empty(), "{reply:?}");
+    assert!(served.terminate().0.success());
+    // The same directory as node 1 of a cluster, with two new nodes.
+    let peers: Vec<String> = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i])).collect();
+    let mut cluster = Cluster {
+        dirs: (1..=3).map(|i| root.path().join(format!("node{i}"))).collect(),
+        peers: peers.join(","),
+        raft: ports[..3].to_vec(),
+        sql: ports[3..].to_vec(),
+        ingest: free_ports(3),
+        extra: Vec::new(),
+        copies: Vec::new(),
+        nodes: Vec::new(),
+    };
+    cluster.nodes = (1..=3).map(|id| Some(cluster.spawn(id))).collect();
+    assert_eq!(cluster.leader(1, None, Duration::from_secs(30)), 1);
+    for id in 2..=3 {
+        let (ok, text) = cluster.admin(&["add", &peers[id - 1]]);
+        assert!(ok, "{text}");
+        let started = Instant::now();
+        while !cluster.admin(&["promote", &id.to_string()]).0 {
+            assert!(started.elapsed() < Duration::from_secs(30), "node {id} never caught up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Writes through a new node reach node 1 (its address was recorded when it led).
+    let reply = cluster.query(3, "INSERT INTO datanets VALUES ('after', 'o')");
+    assert_eq!(outcome(&reply), Seen::Acked, "{reply:?}");
+    let events = cluster.converged(Duration::from_secs(30));
+    assert_eq!(events.len(), 2);
+    let (ok, text) = cluster.admin(&["status"]);
+    assert!(ok && text.matches("voter").count() == 3, "{text}");
 }
