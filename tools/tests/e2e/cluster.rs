@@ -635,3 +635,19 @@ fn a_lone_node_grows_into_a_cluster_keeping_its_ledger() {
     let (ok, text) = cluster.admin(&["status"]);
     assert!(ok && text.matches("voter").count() == 3, "{text}");
 }
+
+#[test]
+fn streaming_ingest_through_a_follower_counts_every_fee_exactly_once() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(root.path(), 3);
+    let leader = cluster.leader(1, None, Duration::from_secs(30));
+    let follower = 1 + leader % 3;
+    // The producer streams to a follower (which forwards to the leader), is killed mid-stream
+    // and resends from its last acknowledged batch; the fees are read back on the follower.
+    let mut py = Command::new("python3");
+    py.arg(crate::served::script("flight_ingest.py"))
+        .arg(cluster.ingest[follower - 1].to_string())
+        .arg(cluster.sql[follower - 1].to_string());
+    crate::served::expect_all_ok(py, "flight_ingest.py through a follower");
+    cluster.converged(Duration::from_secs(30));
+}
