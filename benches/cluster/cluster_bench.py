@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "wire"))
@@ -151,6 +152,25 @@ def failover(args):
                       "p99_s": round(p99, 3), "max_s": round(times[-1], 3)}))
 
 
+def applied_lsn(node):
+    rows = query(node, "SELECT applied_lsn FROM cluster WHERE applied_lsn IS NOT NULL")
+    return rows[0][0] if rows else 0
+
+
+def watch_lag(nodes, leader, lags, stop):
+    """Every 100 ms while the load runs: how many events each follower has applied fewer
+    than the leader (each read right after the leader's)."""
+    while not stop.is_set():
+        try:
+            lead = applied_lsn(leader)
+            for n in nodes:
+                if n is not leader:
+                    lags.append(max(0, lead - applied_lsn(n)))
+        except psycopg.Error:
+            pass
+        time.sleep(0.1)
+
+
 def ingest(args):
     import wire_bench
     w = wire_bench.Workload(wire_bench.DEFAULT_SEED, args.inferences, args.chunk)
@@ -168,6 +188,10 @@ def ingest(args):
         try:
             import ingest_bench
             ingest_bench.universe(target.dsn(), w)
+            lags, stop = [], threading.Event()
+            if mode == "cluster":
+                watcher = threading.Thread(target=watch_lag, args=(nodes, target, lags, stop))
+                watcher.start()
             with psycopg.connect(target.dsn(), autocommit=True) as conn:
                 cur = conn.cursor()
                 t0 = time.perf_counter()
@@ -175,7 +199,12 @@ def ingest(args):
                     wire_bench.copy_in(cur, stmt, data)
                 seconds = time.perf_counter() - t0
             if mode == "cluster":
+                stop.set()
+                watcher.join()
                 caught_up(nodes)
+                lags.sort()
+                result["follower_lag_events_p50"] = lags[len(lags) // 2] if lags else None
+                result["follower_lag_events_max"] = lags[-1] if lags else None
             result[mode] = round(args.inferences / seconds)
         finally:
             for x in nodes:

@@ -1,6 +1,7 @@
 //! Storage tests: fault injection on segment files, the openraft conformance suite, the
 //! embedded database, and crash (kill -9) rounds.
 
+mod cluster;
 mod db;
 mod fuzz;
 mod history;

@@ -1,0 +1,204 @@
+//! Three databases of one cluster in this process, joined by an in-memory Raft network (calls
+//! go straight to the target's `Raft` and `Database::propose`): replication, forwarding from
+//! followers, and the order of a producer's batches, without processes or sockets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use tally_engine::{Datanet, Event};
+use tally_storage::cluster::{
+    BasicNode, Forward, ForwardError, ForwardFuture, Node, ReadIndexFuture,
+};
+use tally_storage::payload::Proposal;
+use tally_storage::raft::{NodeId, TypeConfig};
+use tally_storage::{Database, Landed, Options, Origin};
+
+/// The databases of the cluster, by node id.
+#[derive(Clone, Default)]
+struct Net(Arc<Mutex<HashMap<NodeId, Weak<Database>>>>);
+
+#[derive(Debug, thiserror::Error)]
+#[error("node {0} is down")]
+struct Down(NodeId);
+
+impl Net {
+    fn get(&self, id: NodeId) -> Option<Arc<Database>> {
+        self.0.lock().unwrap().get(&id).and_then(Weak::upgrade)
+    }
+}
+
+struct Peer {
+    net: Net,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Net {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Peer {
+        Peer { net: self.clone(), target }
+    }
+}
+
+type Rpc<T, E = RaftError<NodeId>> = Result<T, RPCError<NodeId, BasicNode, E>>;
+
+impl Peer {
+    // openraft's error types are large; they are what its network trait returns.
+    #[allow(clippy::result_large_err)]
+    fn db<E: std::error::Error>(&self) -> Rpc<Arc<Database>, E> {
+        self.net
+            .get(self.target)
+            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&Down(self.target))))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Rpc<AppendEntriesResponse<NodeId>> {
+        let db = self.db()?;
+        let raft = db.raft().clone();
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Rpc<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>> {
+        let db = self.db()?;
+        let raft = db.raft().clone();
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Rpc<VoteResponse<NodeId>> {
+        let db = self.db()?;
+        let raft = db.raft().clone();
+        raft.vote(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl Forward for Net {
+    fn forward(&self, leader: NodeId, _node: &BasicNode, proposal: &Proposal) -> ForwardFuture {
+        let (db, proposal) = (self.get(leader), Proposal::from_bytes(proposal.as_bytes()));
+        Box::pin(async move {
+            let db = db.ok_or_else(|| ForwardError::Unreachable(Down(leader).to_string()))?;
+            db.propose(proposal).await
+        })
+    }
+
+    fn read_index(&self, leader: NodeId, _node: &BasicNode) -> ReadIndexFuture {
+        let db = self.get(leader);
+        Box::pin(async move {
+            let db = db.ok_or_else(|| ForwardError::Unreachable(Down(leader).to_string()))?;
+            db.read_index().await
+        })
+    }
+}
+
+/// A cluster of `size` databases in `root`, once it has a leader.
+fn cluster(root: &std::path::Path, size: u64) -> (Net, Vec<Arc<Database>>) {
+    let net = Net::default();
+    let peers: BTreeMap<NodeId, BasicNode> =
+        (1..=size).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
+    let dbs: Vec<Arc<Database>> = (1..=size)
+        .map(|id| {
+            let node = Node {
+                id,
+                peers: peers.clone(),
+                network: net.clone(),
+                forward: Arc::new(net.clone()),
+            };
+            let db = Database::open_node(root.join(format!("n{id}")), Options::default(), node);
+            let db = Arc::new(db.unwrap());
+            net.0.lock().unwrap().insert(id, Arc::downgrade(&db));
+            db
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while dbs[0].cluster_status().leader.is_none() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (net, dbs)
+}
+
+fn datanet(id: &str) -> Vec<Event> {
+    vec![Event::Datanet(Datanet { datanet: id.into(), owner: "o".into() })]
+}
+
+#[test]
+fn a_followers_pipelined_batches_are_applied_once_each_in_order_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_net, dbs) = cluster(dir.path(), 3);
+    let leader = dbs[0].cluster_status().leader.unwrap();
+    let follower = dbs.iter().find(|d| d.cluster_status().id != leader).unwrap();
+    // 200 numbered batches submitted without waiting, through a follower: each must be
+    // applied, in order (a batch ahead of its producer's next would be refused).
+    let landed = follower.runtime().block_on(async {
+        let mut pending = Vec::new();
+        for seq in 1..=200u64 {
+            let origin = Origin { producer: "p".into(), seq };
+            pending.push(
+                follower.submit_from(Some(origin), datanet(&format!("d{seq}"))).await.unwrap(),
+            );
+        }
+        let mut landed = Vec::new();
+        for p in pending {
+            landed.push(follower.finish_from(p).await);
+        }
+        landed
+    });
+    for (k, l) in landed.iter().enumerate() {
+        assert!(matches!(l, Ok(Landed::Applied(_))), "batch {}: {l:?}", k + 1);
+    }
+    // Read on the follower right after: it has applied them (it waits for its own apply).
+    assert_eq!(follower.read(|l| l.last_lsn()), 200);
+    let started = std::time::Instant::now();
+    while dbs.iter().any(|d| d.read(|l| l.last_lsn()) < 200) {
+        assert!(started.elapsed() < Duration::from_secs(30), "not replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let digests: Vec<_> = dbs.iter().map(|d| d.read(|l| l.digest())).collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "the replicas differ");
+    assert!(dbs.iter().all(|d| d.producer_seq("p") == Some(200)));
+    // A resent batch, through another node, is a duplicate everywhere.
+    let other = dbs.iter().find(|d| !Arc::ptr_eq(d, follower)).unwrap();
+    let again = other.runtime().block_on(async {
+        let origin = Origin { producer: "p".into(), seq: 190 };
+        let p = other.submit_from(Some(origin), datanet("d190")).await.unwrap();
+        other.finish_from(p).await
+    });
+    assert!(matches!(again, Ok(Landed::Duplicate(Some(_)))), "{again:?}");
+}
+
+#[test]
+fn a_linearizable_read_on_a_follower_sees_a_write_made_on_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_net, dbs) = cluster(dir.path(), 3);
+    let leader_id = dbs[0].cluster_status().leader.unwrap();
+    let leader = &dbs[leader_id as usize - 1];
+    let follower = dbs.iter().find(|d| d.cluster_status().id != leader_id).unwrap();
+    for k in 0..20 {
+        leader.write(datanet(&format!("x{k}"))).unwrap();
+        follower.runtime().block_on(follower.linearize()).unwrap();
+        assert_eq!(follower.read(|l| l.last_lsn()), k + 1);
+    }
+}
