@@ -25,10 +25,12 @@ use openraft::raft::{
 use openraft::{BasicNode, EntryPayload, LogId, Vote};
 use serde::de::DeserializeOwned;
 use tally_storage::cluster::{
-    Change, ChangeError, Forward, ForwardError, ForwardFuture, ReadIndexFuture, MAX_APPEND_BYTES,
+    Change, ChangeError, FetchFuture, Forward, ForwardError, ForwardFuture, ReadIndexFuture,
+    MAX_APPEND_BYTES,
 };
 use tally_storage::payload::Proposal;
 use tally_storage::raft::{NodeId, TypeConfig};
+use tally_storage::repair::PeerRecord;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
@@ -52,10 +54,11 @@ pub(crate) enum Action {
     ReadIndex,
     Status,
     Change,
+    ReadRecord,
 }
 
 impl Action {
-    const ALL: [Action; 7] = [
+    const ALL: [Action; 8] = [
         Action::Append,
         Action::Vote,
         Action::Snapshot,
@@ -63,6 +66,7 @@ impl Action {
         Action::ReadIndex,
         Action::Status,
         Action::Change,
+        Action::ReadRecord,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -74,6 +78,7 @@ impl Action {
             Action::ReadIndex => "tally.read_index",
             Action::Status => "tally.status",
             Action::Change => "tally.change_members",
+            Action::ReadRecord => "tally.read_record",
         }
     }
 
@@ -434,6 +439,20 @@ impl Forward for Network {
             };
             postcard::from_bytes::<Result<_, ForwardError>>(&answer)
                 .map_err(|e| ForwardError::Unknown(format!("the leader's answer: {e}")))?
+        })
+    }
+
+    fn fetch_record(&self, peer: NodeId, node: &BasicNode, index: u64) -> FetchFuture {
+        let (this, addr) = (self.clone(), node.addr.clone());
+        Box::pin(async move {
+            let mut client = this.forwarding(peer, &addr).await?;
+            let body = postcard::to_stdvec(&index)
+                .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+            let answer = client.call(Action::ReadRecord, body, PROPOSE_TIMEOUT).await;
+            let answer = answer.map_err(|s| ForwardError::Unreachable(s.message().to_owned()))?;
+            let record: Result<Option<PeerRecord>, String> = postcard::from_bytes(&answer)
+                .map_err(|e| ForwardError::Unreachable(format!("node {peer}'s answer: {e}")))?;
+            record.map_err(ForwardError::Unreachable)
         })
     }
 

@@ -53,6 +53,10 @@ impl RaftService {
             Action::ReadIndex => answer(self.db.read_index().await),
             Action::Status => answer(Ok::<_, ()>(self.db.cluster_status())),
             Action::Change => answer(self.db.change_members(decode(body)?).await),
+            Action::ReadRecord => {
+                let index: u64 = decode(body)?;
+                answer(self.db.peer_record(index).map_err(|e| e.to_string()))
+            }
         }
     }
 }

@@ -47,7 +47,20 @@ pub trait Forward: Send + Sync + 'static {
     /// Asks the leader for its read index: the log index every linearizable read must wait
     /// for (`Database::read_index` on the leader).
     fn read_index(&self, leader: NodeId, node: &BasicNode) -> ReadIndexFuture;
+
+    /// Asks member `peer` for its copy of log record `index`, to repair a damaged one here
+    /// (`Database::peer_record` there).
+    fn fetch_record(&self, peer: NodeId, node: &BasicNode, index: u64) -> FetchFuture;
 }
+
+/// What fetching a peer's record returns (`None`: the peer does not hold it).
+pub type FetchFuture = Pin<
+    Box<
+        dyn Future<Output = Result<Option<crate::repair::PeerRecord>, ForwardError>>
+            + Send
+            + 'static,
+    >,
+>;
 
 /// What asking for the read index returns.
 pub type ReadIndexFuture =

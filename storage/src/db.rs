@@ -94,8 +94,11 @@ struct Checker {
     problem: Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// What the background check calls when it finds damage: repairs from peers, when there are.
+type Repair = Box<dyn Fn() -> Result<usize, StorageError> + Send>;
+
 impl Checker {
-    fn start(log: LogStore) -> Checker {
+    fn start(log: LogStore, repair: Repair) -> Checker {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let problem = Arc::new(std::sync::Mutex::new(None));
         let found = problem.clone();
@@ -110,11 +113,21 @@ impl Checker {
                         .collect()
                 });
                 for path in sealed {
-                    if let Err(e) =
-                        crate::segment::Segment::open(&path).and_then(|s| s.verify_sealed())
-                    {
+                    let check = |p: &PathBuf| {
+                        crate::segment::Segment::open(p).and_then(|s| s.verify_sealed())
+                    };
+                    if let Err(e) = check(&path) {
                         tracing::error!("background check: {e}");
-                        found.lock().expect("checker lock").get_or_insert(e.to_string());
+                        let repaired = repair().and_then(|n| check(&path).map(|()| n));
+                        match repaired {
+                            Ok(n) => tracing::info!(
+                                "background check: {n} damaged records repaired from peers"
+                            ),
+                            Err(r) => {
+                                tracing::error!("background check: {r}");
+                                found.lock().expect("checker lock").get_or_insert(e.to_string());
+                            }
+                        }
                     }
                     if stopped.try_recv().is_ok() {
                         return;
@@ -647,7 +660,12 @@ impl Database {
         let forward = node.forward.clone();
         let route = Route { id: node.id, forward: (mode != Mode::Alone).then_some(node.forward) };
         rt.spawn(coalesce(raft.clone(), log.clone(), route, rx));
-        let checker = Checker::start(log.clone());
+        let repair: Repair = {
+            let (raft, log, forward, id) = (raft.clone(), log.clone(), forward.clone(), node.id);
+            let handle = rt.handle().clone();
+            Box::new(move || handle.block_on(crate::repair::from_peers(&raft, &log, &*forward, id)))
+        };
+        let checker = Checker::start(log.clone(), repair);
         Ok(Database {
             rt,
             raft,
@@ -911,6 +929,20 @@ impl Database {
         }
     }
 
+    /// Repairs the damaged records of sealed segments from the other members' copies (what the
+    /// background check does when it finds damage). Returns how many were rewritten.
+    pub fn repair(&self) -> Result<usize, StorageError> {
+        self.rt.block_on(crate::repair::from_peers(&self.raft, &self.log, &*self.forward, self.id))
+    }
+
+    /// This node's copy of log record `index`, for a peer repairing its own.
+    pub fn peer_record(
+        &self,
+        index: u64,
+    ) -> Result<Option<crate::repair::PeerRecord>, StorageError> {
+        self.log.with_log(|l| crate::repair::PeerRecord::read(l, index))
+    }
+
     /// The leader's read index (on the leader): once it is applied, a read sees every write
     /// acknowledged anywhere before this was called.
     pub async fn read_index(&self) -> Result<u64, ForwardError> {
@@ -1114,6 +1146,10 @@ impl Forward for NoNetwork {
 
     fn read_index(&self, leader: NodeId, _node: &BasicNode) -> cluster::ReadIndexFuture {
         Box::pin(async move { Err(ForwardError::Unreachable(NoPeer(leader).to_string())) })
+    }
+
+    fn fetch_record(&self, peer: NodeId, _node: &BasicNode, _index: u64) -> cluster::FetchFuture {
+        Box::pin(async move { Err(ForwardError::Unreachable(NoPeer(peer).to_string())) })
     }
 }
 

@@ -29,6 +29,13 @@ pub enum StorageError {
          after it are lost; copy the directory first)"
     )]
     Damaged { path: PathBuf, offset: u64, index: u64 },
+    /// A damaged record that could not be repaired from a peer (`repair.rs`).
+    #[error(
+        "cannot repair log index {index} in {path}: {why}. Restore the data directory from a \
+         copy, or run `tally salvage --data DIR` (log index {index} and everything after it are \
+         lost; copy the directory first)"
+    )]
+    Unrepaired { path: PathBuf, index: u64, why: String },
     #[error("sealed segment {path} fails its checksum ({reason})")]
     SealedChecksum { path: PathBuf, reason: String },
     #[error(

@@ -14,6 +14,7 @@ pub mod payload;
 pub mod producers;
 pub mod raft;
 pub mod record;
+pub mod repair;
 pub mod salvage;
 pub mod segment;
 pub mod snapshot;

@@ -179,6 +179,11 @@ impl Log {
         self.segments.iter().rev().find_map(|s| s.last_index)
     }
 
+    /// The segment at `path`, to repair it (`repair.rs`).
+    pub(crate) fn segment_mut(&mut self, path: &Path) -> Option<&mut Segment> {
+        self.segments.iter_mut().find(|s| s.path == path)
+    }
+
     pub fn segments(&self) -> &[Segment] {
         &self.segments
     }

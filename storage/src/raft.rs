@@ -160,6 +160,11 @@ impl LogStore {
         self.lock().committed.map(|c| c.index)
     }
 
+    /// Runs `f` on the log, to change it outside Raft's path (repairs).
+    pub(crate) fn with_log_mut<R>(&self, f: impl FnOnce(&mut Log) -> R) -> R {
+        f(&mut self.lock().log)
+    }
+
     /// Runs `f` on the log (for scans, verification and tools).
     pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
         f(&self.lock().log)

@@ -27,7 +27,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn from_u8(b: u8) -> Option<Kind> {
+    pub fn from_u8(b: u8) -> Option<Kind> {
         match b {
             1 => Some(Kind::Blank),
             2 => Some(Kind::Batch),

@@ -280,6 +280,15 @@ impl Segment {
         Ok(())
     }
 
+    /// Overwrites the bytes at `offset` with `bytes` and syncs them (repairing a damaged
+    /// record of a sealed segment: `repair.rs`).
+    pub fn overwrite(&self, offset: u64, bytes: &[u8]) -> Result<()> {
+        assert!(offset >= HEADER_SIZE && offset + bytes.len() as u64 <= self.end);
+        let io = |e| StorageError::io(&self.path, e);
+        self.file.write_all_at(bytes, offset).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+
     /// Overwrites `from..to` with zeros and syncs it.
     pub fn zero(&self, from: u64, to: u64) -> Result<()> {
         let zeros = vec![0u8; 1 << 20];

@@ -14,7 +14,7 @@ use openraft::raft::{
 };
 use tally_engine::{Datanet, Event};
 use tally_storage::cluster::{
-    BasicNode, Forward, ForwardError, ForwardFuture, Node, ReadIndexFuture,
+    BasicNode, FetchFuture, Forward, ForwardError, ForwardFuture, Node, ReadIndexFuture,
 };
 use tally_storage::payload::Proposal;
 use tally_storage::raft::{NodeId, TypeConfig};
@@ -104,6 +104,14 @@ impl Forward for Net {
         })
     }
 
+    fn fetch_record(&self, peer: NodeId, _node: &BasicNode, index: u64) -> FetchFuture {
+        let db = self.get(peer);
+        Box::pin(async move {
+            let db = db.ok_or_else(|| ForwardError::Unreachable(Down(peer).to_string()))?;
+            db.peer_record(index).map_err(|e| ForwardError::Unreachable(e.to_string()))
+        })
+    }
+
     fn read_index(&self, leader: NodeId, _node: &BasicNode) -> ReadIndexFuture {
         let db = self.get(leader);
         Box::pin(async move {
@@ -115,6 +123,10 @@ impl Forward for Net {
 
 /// A cluster of `size` databases in `root`, once it has a leader.
 fn cluster(root: &std::path::Path, size: u64) -> (Net, Vec<Arc<Database>>) {
+    cluster_with(root, size, Options::default())
+}
+
+fn cluster_with(root: &std::path::Path, size: u64, options: Options) -> (Net, Vec<Arc<Database>>) {
     let net = Net::default();
     let peers: BTreeMap<NodeId, BasicNode> =
         (1..=size).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
@@ -126,7 +138,7 @@ fn cluster(root: &std::path::Path, size: u64) -> (Net, Vec<Arc<Database>>) {
                 network: net.clone(),
                 forward: Arc::new(net.clone()),
             };
-            let db = Database::open_node(root.join(format!("n{id}")), Options::default(), node);
+            let db = Database::open_node(root.join(format!("n{id}")), options.clone(), node);
             let db = Arc::new(db.unwrap());
             net.0.lock().unwrap().insert(id, Arc::downgrade(&db));
             db
@@ -201,4 +213,59 @@ fn a_linearizable_read_on_a_follower_sees_a_write_made_on_the_leader() {
         follower.runtime().block_on(follower.linearize()).unwrap();
         assert_eq!(follower.read(|l| l.last_lsn()), k + 1);
     }
+}
+
+#[test]
+fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let (_net, dbs) = cluster_with(dir.path(), 3, options);
+    let leader_id = dbs[0].cluster_status().leader.unwrap();
+    let leader = &dbs[leader_id as usize - 1];
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
+            .collect();
+        leader.write(batch).unwrap();
+    }
+    let follower = dbs.iter().find(|d| d.cluster_status().id != leader_id).unwrap();
+    let started = std::time::Instant::now();
+    while follower.read(|l| l.last_lsn()) < 2000 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Damage at rest: one bit of a record in the follower's first (sealed) segment.
+    let id = follower.cluster_status().id;
+    let first = dir.path().join(format!("n{id}/log")).join(tally_storage::segment::file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    assert!(end > 1024, "the first segment is sealed and holds records");
+    bytes[(64 + end) / 2] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    assert!(follower.scan_events(1, 2000, |_| {}).is_err(), "the damage is seen");
+    assert_eq!(follower.repair().unwrap(), 1);
+    assert!(follower.log().with_log(|l| l.verify_sealed()).is_ok());
+    let mut seen = 0;
+    follower.scan_events(1, 2000, |_| seen += 1).unwrap();
+    assert_eq!(seen, 2000);
+    assert_eq!(follower.repair().unwrap(), 0, "nothing left to repair");
+    // A lone node cannot: it says so, naming the record.
+    let lone_dir = tempfile::tempdir().unwrap();
+    let lone = Database::open_with(
+        lone_dir.path(),
+        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX },
+    )
+    .unwrap();
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
+            .collect();
+        lone.write(batch).unwrap();
+    }
+    let first = lone_dir.path().join("log").join(tally_storage::segment::file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[(64 + end) / 2] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    let err = lone.repair().unwrap_err().to_string();
+    assert!(err.contains("lone node") && err.contains("tally salvage"), "{err}");
 }
