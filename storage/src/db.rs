@@ -642,6 +642,18 @@ impl Database {
         if applied.is_none() || mode == Mode::Member {
             log.forget_purged()?;
         }
+        if mode == Mode::Member {
+            // Raft reads this node's log from its start when it starts: damage in sealed
+            // segments is repaired from the peers first, where it can be.
+            let peers = node.peers.iter().filter(|(p, _)| **p != node.id);
+            let source = crate::repair::Source {
+                peers: peers.map(|(p, n)| (*p, n.clone())).collect(),
+                committed: log.committed_index().max(applied.map(|a| a.index)),
+            };
+            if let Err(e) = rt.block_on(crate::repair::from_peers(&log, &*node.forward, &source)) {
+                tracing::error!("{e}");
+            }
+        }
         // Everything Raft will re-apply must be readable: damage found now is named, with
         // what to do, instead of failing inside Raft with a missing entry.
         log.check_readable_from(applied.map_or(0, |l| l.index + 1))?;
@@ -663,7 +675,10 @@ impl Database {
         let repair: Repair = {
             let (raft, log, forward, id) = (raft.clone(), log.clone(), forward.clone(), node.id);
             let handle = rt.handle().clone();
-            Box::new(move || handle.block_on(crate::repair::from_peers(&raft, &log, &*forward, id)))
+            Box::new(move || {
+                let source = crate::repair::Source::of(&raft, id);
+                handle.block_on(crate::repair::from_peers(&log, &*forward, &source))
+            })
         };
         let checker = Checker::start(log.clone(), repair);
         Ok(Database {
@@ -932,7 +947,8 @@ impl Database {
     /// Repairs the damaged records of sealed segments from the other members' copies (what the
     /// background check does when it finds damage). Returns how many were rewritten.
     pub fn repair(&self) -> Result<usize, StorageError> {
-        self.rt.block_on(crate::repair::from_peers(&self.raft, &self.log, &*self.forward, self.id))
+        let source = crate::repair::Source::of(&self.raft, self.id);
+        self.rt.block_on(crate::repair::from_peers(&self.log, &*self.forward, &source))
     }
 
     /// This node's copy of log record `index`, for a peer repairing its own.

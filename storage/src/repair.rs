@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use openraft::Raft;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Forward;
+use crate::cluster::{BasicNode, Forward};
 use crate::error::StorageError;
 use crate::log::Log;
 use crate::raft::{LogStore, NodeId, TypeConfig};
@@ -59,12 +59,25 @@ impl PeerRecord {
     }
 }
 
-/// The first damaged record of each sealed segment: (segment, offset, log index).
-pub fn damaged(log: &Log) -> Vec<(PathBuf, u64, u64)> {
-    let sealed = log.segments().iter().filter(|s| s.sealed.is_some());
-    sealed
-        .filter_map(|s| s.first_damaged().map(|(at, index)| (s.path.clone(), at, index)))
-        .collect()
+/// The first damaged record of each sealed segment whose checksum fails: (segment, offset,
+/// log index). A segment whose checksum fails while every record in it is intact (damage in
+/// padding) is resealed here.
+pub fn damaged(log: &mut Log) -> Result<Vec<(PathBuf, u64, u64)>, StorageError> {
+    let failing: Vec<PathBuf> = log
+        .segments()
+        .iter()
+        .filter(|s| s.sealed.is_some() && s.verify_sealed().is_err())
+        .map(|s| s.path.clone())
+        .collect();
+    let mut found = Vec::new();
+    for path in failing {
+        let seg = log.segment_mut(&path).expect("a segment of this log");
+        match seg.first_damaged() {
+            Some((at, index)) => found.push((path, at, index)),
+            None => seg.reseal()?,
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `peer`'s copy of the damaged record at `offset` of sealed segment `path`, when it
@@ -115,33 +128,47 @@ pub fn rewrite(
 /// Records one repair run rewrites at most (a guard against a loop that makes no progress).
 const MAX_REPAIRS: usize = 1 << 20;
 
+/// Where a repair may fetch records from, and up to which log index it may rewrite.
+pub(crate) struct Source {
+    /// The other members, with their Raft addresses.
+    pub peers: Vec<(NodeId, BasicNode)>,
+    /// The last log index known committed here (`None`: nothing is).
+    pub committed: Option<u64>,
+}
+
+impl Source {
+    /// The running node's view: its membership and what it has applied.
+    pub(crate) fn of(raft: &Raft<TypeConfig>, id: NodeId) -> Source {
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let peers = membership.nodes().filter(|(p, _)| **p != id).map(|(p, n)| (*p, n.clone()));
+        Source { peers: peers.collect(), committed: metrics.last_applied.map(|a| a.index) }
+    }
+}
+
 /// Repairs every damaged record of the sealed segments from the other members, one record at
 /// a time, first damaged first. Returns how many records were rewritten; fails, naming the
-/// record, when one cannot be repaired (no other member, none has it intact, or it is past
-/// what this node has applied).
+/// record, when one cannot be repaired (no other member, none has it intact, or it is not
+/// known committed here).
 pub(crate) async fn from_peers(
-    raft: &Raft<TypeConfig>,
     log: &LogStore,
     forward: &dyn Forward,
-    id: NodeId,
+    source: &Source,
 ) -> Result<usize, StorageError> {
     let mut repaired = 0;
     while repaired < MAX_REPAIRS {
-        let Some((path, offset, index)) = log.with_log(damaged).into_iter().next() else {
+        let Some((path, offset, index)) = log.with_log_mut(damaged)?.into_iter().next() else {
             break;
         };
-        let metrics = raft.metrics().borrow().clone();
         let cannot = |why: String| StorageError::Unrepaired { path: path.clone(), index, why };
-        if metrics.last_applied.is_none_or(|a| a.index < index) {
-            return Err(cannot("it is past what this node has applied".into()));
+        if source.committed.is_none_or(|c| c < index) {
+            return Err(cannot("it is not known committed on this node".into()));
         }
-        let membership = metrics.membership_config.membership().clone();
-        let peers: Vec<_> = membership.nodes().filter(|(p, _)| **p != id).collect();
-        if peers.is_empty() {
+        if source.peers.is_empty() {
             return Err(cannot("a lone node has no peer to fetch it from".into()));
         }
         let mut fetched = None;
-        for (peer, node) in peers {
+        for (peer, node) in &source.peers {
             match forward.fetch_record(*peer, node, index).await {
                 Ok(Some(r)) if r.index == index => {
                     fetched = Some(r);

@@ -269,3 +269,41 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     let err = lone.repair().unwrap_err().to_string();
     assert!(err.contains("lone node") && err.contains("tally salvage"), "{err}");
 }
+
+#[test]
+fn a_node_restarted_with_a_damaged_sealed_segment_repairs_it_before_raft_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let (net, mut dbs) = cluster_with(dir.path(), 3, options.clone());
+    let leader_id = dbs[0].cluster_status().leader.unwrap();
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
+            .collect();
+        dbs[leader_id as usize - 1].write(batch).unwrap();
+    }
+    let f = dbs.iter().position(|d| d.cluster_status().id != leader_id).unwrap();
+    let id = dbs[f].cluster_status().id;
+    let started = std::time::Instant::now();
+    while dbs[f].read(|l| l.last_lsn()) < 2000 {
+        assert!(started.elapsed() < Duration::from_secs(30), "not replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let follower = Arc::try_unwrap(dbs.remove(f)).ok().expect("the only handle");
+    follower.close().unwrap();
+    let first = dir.path().join(format!("n{id}/log")).join(tally_storage::segment::file_name(0));
+    let mut bytes = std::fs::read(&first).unwrap();
+    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    bytes[(64 + end) / 2] ^= 0x10;
+    std::fs::write(&first, &bytes).unwrap();
+    let peers: BTreeMap<NodeId, BasicNode> =
+        (1..=3).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
+    let node = Node { id, peers, network: net.clone(), forward: Arc::new(net.clone()) };
+    let db =
+        Arc::new(Database::open_node(dir.path().join(format!("n{id}")), options, node).unwrap());
+    net.0.lock().unwrap().insert(id, Arc::downgrade(&db));
+    assert!(db.log().with_log(|l| l.verify_sealed()).is_ok(), "repaired at open");
+    let mut seen = 0;
+    db.scan_events(1, 2000, |_| seen += 1).unwrap();
+    assert_eq!(seen, 2000);
+}
