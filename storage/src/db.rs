@@ -512,6 +512,17 @@ async fn start(
     Ok(())
 }
 
+/// Repairs damaged sealed segments from the peers named at open (Raft is not running yet);
+/// what cannot be repaired is logged, and opening then names it.
+async fn repair_at_open<N>(log: &LogStore, node: &Node<N>, committed: Option<u64>) {
+    let peers = node.peers.iter().filter(|(p, _)| **p != node.id);
+    let source =
+        crate::repair::Source { peers: peers.map(|(p, n)| (*p, n.clone())).collect(), committed };
+    if let Err(e) = crate::repair::from_peers(log, &*node.forward, &source).await {
+        tracing::error!("{e}");
+    }
+}
+
 /// Once this node leads, makes the cluster's configuration carry the Raft address it was
 /// started with, when it carries another: a lone node's directory (whose entry has no address)
 /// started as node of a cluster, or a node moved to a new address. Followers need the leader's
@@ -645,14 +656,8 @@ impl Database {
         if mode == Mode::Member {
             // Raft reads this node's log from its start when it starts: damage in sealed
             // segments is repaired from the peers first, where it can be.
-            let peers = node.peers.iter().filter(|(p, _)| **p != node.id);
-            let source = crate::repair::Source {
-                peers: peers.map(|(p, n)| (*p, n.clone())).collect(),
-                committed: log.committed_index().max(applied.map(|a| a.index)),
-            };
-            if let Err(e) = rt.block_on(crate::repair::from_peers(&log, &*node.forward, &source)) {
-                tracing::error!("{e}");
-            }
+            let committed = log.committed_index().max(applied.map(|a| a.index));
+            rt.block_on(repair_at_open(&log, &node, committed));
         }
         // Everything Raft will re-apply must be readable: damage found now is named, with
         // what to do, instead of failing inside Raft with a missing entry.
