@@ -113,22 +113,69 @@ pub struct Server {
     pids: Arc<RandomPidSecretKeyGenerator>,
     mock_key: Arc<[u8; 32]>,
     limits: ConnectionLimits,
-    ingest: Option<IngestListener>,
-    raft: Option<RaftListener>,
+    ingest: Option<GrpcPort>,
+    raft: Option<GrpcPort>,
 }
 
-/// The bound Raft port of a node of a cluster.
-struct RaftListener {
+/// A bound gRPC port (streaming ingest, a cluster node's Raft port) with its service, not yet
+/// serving.
+struct GrpcPort {
     listener: TcpListener,
-    service: raft_service::RaftService,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    router: tonic::transport::server::Router,
+    name: &'static str,
 }
 
-/// The bound streaming-ingest endpoint.
-struct IngestListener {
-    listener: TcpListener,
-    service: flight::Ingest,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+impl GrpcPort {
+    fn new(
+        listener: TcpListener,
+        tls: Option<tonic::transport::ServerTlsConfig>,
+        name: &'static str,
+        add: impl FnOnce(&mut tonic::transport::Server) -> tonic::transport::server::Router,
+    ) -> Result<GrpcPort, ServerError> {
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder =
+                builder.tls_config(tls).map_err(|e| ServerError::Tls(format!("{name}: {e}")))?;
+        }
+        Ok(GrpcPort { listener, router: add(&mut builder), name })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Serves on a task of its own until the returned handle is stopped.
+    fn spawn(self) -> Serving {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(self.listener).with_nodelay(Some(true));
+            let served = self
+                .router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("{} stopped: {e}", self.name);
+            }
+        });
+        Serving { stop, task }
+    }
+}
+
+/// A gRPC port being served.
+struct Serving {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Serving {
+    /// Stops accepting and waits (a bounded time) for open calls to finish.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.task).await;
+    }
 }
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, ServerError> {
@@ -173,20 +220,21 @@ impl Server {
             Some(addr) => {
                 flight::check_listen(addr, users.is_empty()).map_err(ServerError::Bind)?;
                 let auth = Arc::new(tokens::Auth::new(users.clone(), mock_key.clone()));
-                Some(IngestListener {
-                    listener: listen(addr, "--ingest").await?,
-                    service: flight::Ingest::new(sql.clone(), auth),
-                    tls: options.tls.as_ref().map(|(c, k)| flight_tls(c, k)).transpose()?,
-                })
+                let service = flight::Ingest::new(sql.clone(), auth).service();
+                let tls = options.tls.as_ref().map(|(c, k)| flight_tls(c, k)).transpose()?;
+                let listener = listen(addr, "--ingest").await?;
+                Some(GrpcPort::new(listener, tls, "streaming ingest", |b| b.add_service(service))?)
             }
             None => None,
         };
         let raft = match options.raft {
             Some((addr, secret)) => {
                 raft_service::check_listen(addr, &secret).map_err(ServerError::Bind)?;
-                let service = raft_service::RaftService::new(sql.database().clone(), secret);
+                let db = sql.database().clone();
+                let service = raft_service::RaftService::new(db, secret).service();
                 let tls = options.tls.as_ref().map(|(c, k)| flight_tls(c, k)).transpose()?;
-                Some(RaftListener { listener: listen(addr, "--raft").await?, service, tls })
+                let listener = listen(addr, "--raft").await?;
+                Some(GrpcPort::new(listener, tls, "the Raft port", |b| b.add_service(service))?)
             }
             None => None,
         };
@@ -208,12 +256,12 @@ impl Server {
 
     /// Where streaming ingest listens, when it does.
     pub fn ingest_addr(&self) -> Option<SocketAddr> {
-        self.ingest.as_ref().map(|i| i.listener.local_addr().expect("a bound listener"))
+        self.ingest.as_ref().map(GrpcPort::addr)
     }
 
     /// Where the Raft port listens, for a node of a cluster.
     pub fn raft_addr(&self) -> Option<SocketAddr> {
-        self.raft.as_ref().map(|r| r.listener.local_addr().expect("a bound listener"))
+        self.raft.as_ref().map(GrpcPort::addr)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -229,20 +277,11 @@ impl Server {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         let max = self.limit.available_permits();
-        let (stop_ingest, ingest) = match self.ingest.take() {
-            Some(i) => {
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                (Some(stop), Some(tokio::spawn(serve_ingest(i, stopped))))
-            }
-            None => (None, None),
-        };
-        let (stop_raft, raft) = match self.raft.take() {
-            Some(raft) => {
-                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                (Some(stop), Some(tokio::spawn(serve_raft(raft, stopped))))
-            }
-            None => (None, None),
-        };
+        let grpc: Vec<Serving> = [self.ingest.take(), self.raft.take()]
+            .into_iter()
+            .flatten()
+            .map(GrpcPort::spawn)
+            .collect();
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
@@ -283,13 +322,8 @@ impl Server {
             });
         }
         drop(self.listener);
-        if let (Some(stop), Some(ingest)) = (stop_ingest, ingest) {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, ingest).await;
-        }
-        if let (Some(stop), Some(raft)) = (stop_raft, raft) {
-            let _ = stop.send(());
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, raft).await;
+        for serving in grpc {
+            serving.stop().await;
         }
         let open = max - self.limit.available_permits();
         if open > 0 {
@@ -324,55 +358,6 @@ fn flight_tls(
     };
     let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
     Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
-}
-
-/// Serves streaming ingest until `stopped` fires.
-async fn serve_ingest(ingest: IngestListener, stopped: tokio::sync::oneshot::Receiver<()>) {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = ingest.tls {
-        builder = match builder.tls_config(tls) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("streaming ingest: TLS: {e}");
-                return;
-            }
-        };
-    }
-    let incoming = tonic::transport::server::TcpIncoming::from(ingest.listener);
-    let served = builder
-        .add_service(ingest.service.service())
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!("streaming ingest stopped: {e}");
-    }
-}
-
-/// Serves the Raft port until `stopped` fires.
-async fn serve_raft(raft: RaftListener, stopped: tokio::sync::oneshot::Receiver<()>) {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = raft.tls {
-        builder = match builder.tls_config(tls) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("Raft port: TLS: {e}");
-                return;
-            }
-        };
-    }
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(raft.listener).with_nodelay(Some(true));
-    let served = builder
-        .add_service(raft.service.service())
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stopped.await;
-        })
-        .await;
-    if let Err(e) = served {
-        tracing::error!("Raft port stopped: {e}");
-    }
 }
 
 /// A FATAL ErrorResponse (53300), written before the client's startup message is read.

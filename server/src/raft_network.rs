@@ -421,37 +421,53 @@ impl Network {
     }
 }
 
+impl Network {
+    /// One call to node `id` at `addr` over a forwarding channel, its answer decoded. Not
+    /// reaching the node is `Unreachable` (nothing was sent); a failed call or an answer that
+    /// cannot be read is `Unknown`, and the channel is dropped, so the next call connects
+    /// afresh.
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        id: NodeId,
+        addr: &str,
+        action: Action,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<T, ForwardError> {
+        let mut peer = self.forwarding(id, addr).await?;
+        let answer = peer.call(action, body, timeout).await.map_err(|s| {
+            self.forwarding.lock().expect("channels lock").remove(&(id, addr.to_owned()));
+            ForwardError::Unknown(format!("the call to node {id} failed: {}", s.message()))
+        })?;
+        postcard::from_bytes(&answer)
+            .map_err(|e| ForwardError::Unknown(format!("node {id}'s answer: {e}")))
+    }
+}
+
+/// For calls that change nothing, a call that failed is as good as one never sent.
+fn unreachable(e: ForwardError) -> ForwardError {
+    match e {
+        ForwardError::Unknown(why) => ForwardError::Unreachable(why),
+        other => other,
+    }
+}
+
 impl Forward for Network {
     fn forward(&self, leader: NodeId, node: &BasicNode, proposal: &Proposal) -> ForwardFuture {
         let body = proposal.as_bytes().to_vec();
         let (this, addr) = (self.clone(), node.addr.clone());
-        Box::pin(async move {
-            let mut peer = this.forwarding(leader, &addr).await?;
-            let answer = match peer.call(Action::Propose, body, PROPOSE_TIMEOUT).await {
-                Ok(a) => a,
-                Err(s) => {
-                    this.forwarding.lock().expect("channels lock").remove(&(leader, addr));
-                    return Err(ForwardError::Unknown(format!(
-                        "the call to the leader failed: {}",
-                        s.message()
-                    )));
-                }
-            };
-            postcard::from_bytes::<Result<_, ForwardError>>(&answer)
-                .map_err(|e| ForwardError::Unknown(format!("the leader's answer: {e}")))?
-        })
+        Box::pin(
+            async move { this.ask(leader, &addr, Action::Propose, body, PROPOSE_TIMEOUT).await? },
+        )
     }
 
     fn fetch_record(&self, peer: NodeId, node: &BasicNode, index: u64) -> FetchFuture {
         let (this, addr) = (self.clone(), node.addr.clone());
         Box::pin(async move {
-            let mut client = this.forwarding(peer, &addr).await?;
             let body = postcard::to_stdvec(&index)
                 .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
-            let answer = client.call(Action::ReadRecord, body, PROPOSE_TIMEOUT).await;
-            let answer = answer.map_err(|s| ForwardError::Unreachable(s.message().to_owned()))?;
-            let record: Result<Option<PeerRecord>, String> = postcard::from_bytes(&answer)
-                .map_err(|e| ForwardError::Unreachable(format!("node {peer}'s answer: {e}")))?;
+            let asked = this.ask(peer, &addr, Action::ReadRecord, body, PROPOSE_TIMEOUT).await;
+            let record: Result<Option<PeerRecord>, String> = asked.map_err(unreachable)?;
             record.map_err(ForwardError::Unreachable)
         })
     }
@@ -459,14 +475,8 @@ impl Forward for Network {
     fn read_index(&self, leader: NodeId, node: &BasicNode) -> ReadIndexFuture {
         let (this, addr) = (self.clone(), node.addr.clone());
         Box::pin(async move {
-            let mut peer = this.forwarding(leader, &addr).await?;
-            let answer = peer.call(Action::ReadIndex, Vec::new(), CONNECT_TIMEOUT * 5).await;
-            let answer = answer.map_err(|s| {
-                this.forwarding.lock().expect("channels lock").remove(&(leader, addr));
-                ForwardError::Unreachable(s.message().to_owned())
-            })?;
-            postcard::from_bytes::<Result<u64, ForwardError>>(&answer)
-                .map_err(|e| ForwardError::Unreachable(format!("the leader's answer: {e}")))?
+            let asked = this.ask(leader, &addr, Action::ReadIndex, Vec::new(), CONNECT_TIMEOUT * 5);
+            asked.await.map_err(unreachable)?
         })
     }
 }
@@ -476,11 +486,9 @@ pub async fn cluster_status(
     network: &Network,
     addr: &str,
 ) -> Result<tally_storage::cluster::Status, String> {
-    let mut peer = network.forwarding(0, addr).await.map_err(|e| e.to_string())?;
-    let answer = peer.call(Action::Status, Vec::new(), CONNECT_TIMEOUT * 5).await;
-    let answer = answer.map_err(|s| format!("{addr}: {}", s.message()))?;
+    let asked = network.ask(0, addr, Action::Status, Vec::new(), CONNECT_TIMEOUT * 5).await;
     let status: Result<tally_storage::cluster::Status, ()> =
-        postcard::from_bytes(&answer).map_err(|e| format!("{addr}'s answer: {e}"))?;
+        asked.map_err(|e| format!("{addr}: {e}"))?;
     status.map_err(|()| format!("{addr}: no status"))
 }
 
@@ -489,12 +497,9 @@ pub async fn cluster_status(
 pub async fn change_members(network: &Network, addr: &str, change: Change) -> Result<(), String> {
     let mut at = addr.to_owned();
     for _ in 0..=tally_storage::cluster::MAX_HOPS {
-        let mut peer = network.forwarding(0, &at).await.map_err(|e| e.to_string())?;
         let body = postcard::to_stdvec(&change).map_err(|e| e.to_string())?;
-        let answer = peer.call(Action::Change, body, PROPOSE_TIMEOUT).await;
-        let answer = answer.map_err(|s| format!("{at}: {}", s.message()))?;
-        let done: Result<(), ChangeError> =
-            postcard::from_bytes(&answer).map_err(|e| format!("{at}'s answer: {e}"))?;
+        let asked = network.ask(0, &at, Action::Change, body, PROPOSE_TIMEOUT).await;
+        let done: Result<(), ChangeError> = asked.map_err(|e| format!("{at}: {e}"))?;
         match done {
             Ok(()) => return Ok(()),
             Err(ChangeError::NotLeader(Some(leader))) => {

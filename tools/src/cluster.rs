@@ -48,15 +48,21 @@ pub fn read_secret(path: Option<&PathBuf>) -> Result<Option<String>, String> {
     Ok(Some(text.to_owned()))
 }
 
-pub fn run(args: Args) -> super::Result<ExitCode> {
-    let secret = Secret::new(read_secret(args.cluster_secret_file.as_ref())?);
-    let trusted = match &args.cluster_ca {
+/// The network to a cluster's nodes: calls carry `secret` and, with `trusted_file`, go over
+/// TLS trusting the certificates it holds.
+pub fn network(secret: Secret, trusted_file: Option<&PathBuf>) -> Result<Network, String> {
+    let trusted = match trusted_file {
         Some(ca) => {
             Some(std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?)
         }
         None => None,
     };
-    let network = Network::new(secret, trusted.as_deref());
+    Ok(Network::new(secret, trusted.as_deref()))
+}
+
+pub fn run(args: Args) -> super::Result<ExitCode> {
+    let secret = Secret::new(read_secret(args.cluster_secret_file.as_ref())?);
+    let network = network(secret, args.cluster_ca.as_ref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = args.server.as_str();
     let change = match args.command {

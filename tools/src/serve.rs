@@ -12,7 +12,7 @@ use std::time::Duration;
 use std::collections::BTreeMap;
 use tally_query::Sql;
 
-use tally_server::{ConnectionLimits, Network, Secret, ServeOptions, Server, Users};
+use tally_server::{ConnectionLimits, Secret, ServeOptions, Server, Users};
 use tally_storage::cluster::{BasicNode, Node};
 use tally_storage::{Database, Options};
 
@@ -127,17 +127,12 @@ fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> 
             )
         })?,
     };
-    let secret = super::cluster::read_secret(args.cluster_secret_file.as_ref())?;
-    let trusted = match (&args.cluster_ca, &args.tls_cert) {
-        (Some(ca), _) | (None, Some(ca)) => {
-            Some(std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?)
-        }
-        (None, None) => None,
-    };
-    let network = Network::new(Secret::new(secret.clone()), trusted.as_deref());
+    let secret = Secret::new(super::cluster::read_secret(args.cluster_secret_file.as_ref())?);
+    let trusted = args.cluster_ca.as_ref().or(args.tls_cert.as_ref());
+    let network = super::cluster::network(secret.clone(), trusted)?;
     let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
     let db = Database::open_node(&args.data, Options::default(), node)?;
-    Ok((db, Some((listen, Secret::new(secret)))))
+    Ok((db, Some((listen, secret))))
 }
 
 /// Stack of each server thread. Deep expressions are refused before they are parsed

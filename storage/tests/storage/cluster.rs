@@ -215,6 +215,25 @@ fn a_linearizable_read_on_a_follower_sees_a_write_made_on_the_leader() {
     }
 }
 
+/// 40 batches of 50 datanets: 2,000 events, enough to seal a few 64 KiB segments.
+fn write_2000_datanets(db: &Database) {
+    for k in 0..40 {
+        let batch: Vec<Event> = (0..50)
+            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
+            .collect();
+        db.write(batch).unwrap();
+    }
+}
+
+/// Damage at rest: one bit flipped in the middle of sealed segment `path`'s records.
+fn flip_a_bit(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
+    assert!(end > 1024, "the segment is sealed and holds records");
+    bytes[(64 + end) / 2] ^= 0x10;
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,12 +241,7 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     let (_net, dbs) = cluster_with(dir.path(), 3, options);
     let leader_id = dbs[0].cluster_status().leader.unwrap();
     let leader = &dbs[leader_id as usize - 1];
-    for k in 0..40 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
-            .collect();
-        leader.write(batch).unwrap();
-    }
+    write_2000_datanets(leader);
     let follower = dbs.iter().find(|d| d.cluster_status().id != leader_id).unwrap();
     let started = std::time::Instant::now();
     while follower.read(|l| l.last_lsn()) < 2000 {
@@ -237,11 +251,7 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     // Damage at rest: one bit of a record in the follower's first (sealed) segment.
     let id = follower.cluster_status().id;
     let first = dir.path().join(format!("n{id}/log")).join(tally_storage::segment::file_name(0));
-    let mut bytes = std::fs::read(&first).unwrap();
-    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
-    assert!(end > 1024, "the first segment is sealed and holds records");
-    bytes[(64 + end) / 2] ^= 0x10;
-    std::fs::write(&first, &bytes).unwrap();
+    flip_a_bit(&first);
     assert!(follower.scan_events(1, 2000, |_| {}).is_err(), "the damage is seen");
     assert_eq!(follower.repair().unwrap(), 1);
     assert!(follower.log().with_log(|l| l.verify_sealed()).is_ok());
@@ -256,16 +266,9 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
         Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX },
     )
     .unwrap();
-    for k in 0..40 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
-            .collect();
-        lone.write(batch).unwrap();
-    }
+    write_2000_datanets(&lone);
     let first = lone_dir.path().join("log").join(tally_storage::segment::file_name(0));
-    let mut bytes = std::fs::read(&first).unwrap();
-    bytes[(64 + end) / 2] ^= 0x10;
-    std::fs::write(&first, &bytes).unwrap();
+    flip_a_bit(&first);
     let err = lone.repair().unwrap_err().to_string();
     assert!(err.contains("lone node") && err.contains("tally salvage"), "{err}");
 }
@@ -276,12 +279,7 @@ fn a_node_restarted_with_a_damaged_sealed_segment_repairs_it_before_raft_starts(
     let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
     let (net, mut dbs) = cluster_with(dir.path(), 3, options.clone());
     let leader_id = dbs[0].cluster_status().leader.unwrap();
-    for k in 0..40 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
-            .collect();
-        dbs[leader_id as usize - 1].write(batch).unwrap();
-    }
+    write_2000_datanets(&dbs[leader_id as usize - 1]);
     let f = dbs.iter().position(|d| d.cluster_status().id != leader_id).unwrap();
     let id = dbs[f].cluster_status().id;
     let started = std::time::Instant::now();
@@ -292,10 +290,7 @@ fn a_node_restarted_with_a_damaged_sealed_segment_repairs_it_before_raft_starts(
     let follower = Arc::try_unwrap(dbs.remove(f)).ok().expect("the only handle");
     follower.close().unwrap();
     let first = dir.path().join(format!("n{id}/log")).join(tally_storage::segment::file_name(0));
-    let mut bytes = std::fs::read(&first).unwrap();
-    let end = u64::from_le_bytes(bytes[24..32].try_into().unwrap()) as usize;
-    bytes[(64 + end) / 2] ^= 0x10;
-    std::fs::write(&first, &bytes).unwrap();
+    flip_a_bit(&first);
     let peers: BTreeMap<NodeId, BasicNode> =
         (1..=3).map(|id| (id, BasicNode::new(format!("node-{id}")))).collect();
     let node = Node { id, peers, network: net.clone(), forward: Arc::new(net.clone()) };

@@ -369,14 +369,7 @@ fn faults_under_writes(faults: impl Iterator<Item = Fault>) {
     let events = cluster.converged(Duration::from_secs(60));
     check(&history, &events);
     check_copies(&cluster, &events);
-    let tables = "SELECT datanet, owner, lsn FROM datanets ORDER BY datanet";
-    let states: Vec<_> = (1..=3).map(|id| cluster.query(id, tables).rows).collect();
-    assert!(states.iter().all(|s| *s == states[0]), "the nodes' states differ");
-    for id in 1..=3 {
-        let (status, _) = cluster.nodes[id - 1].take().unwrap().terminate();
-        assert!(status.success(), "node {id} exited with {status}");
-    }
-    cluster.dirs.iter().for_each(|d| verify(d));
+    same_state_then_verify(cluster);
 }
 
 #[test]
@@ -418,6 +411,19 @@ fn check_copies(cluster: &Cluster, events: &[Vec<Option<String>>]) {
             Seen::Unknown => assert!(rows == 0 || rows == COPY_ROWS, "COPY {prefix}: {rows} rows"),
         }
     }
+}
+
+/// Every node shows the same ledger; each stops cleanly, and `tally verify` passes on each
+/// directory.
+fn same_state_then_verify(mut cluster: Cluster) {
+    let tables = "SELECT datanet, owner, lsn FROM datanets ORDER BY datanet";
+    let states: Vec<_> = (1..=3).map(|id| cluster.query(id, tables).rows).collect();
+    assert!(states.iter().all(|s| *s == states[0]), "the nodes' states differ");
+    for id in 1..=3 {
+        let (status, _) = cluster.nodes[id - 1].take().unwrap().terminate();
+        assert!(status.success(), "node {id} exited with {status}");
+    }
+    cluster.dirs.iter().for_each(|d| verify(d));
 }
 
 fn verify(data: &Path) {
@@ -467,16 +473,7 @@ fn a_three_node_cluster_replicates_every_write_and_survives_losing_its_leader() 
     write_some(&cluster, 80..90, |n| 1 + n % 3, &mut history);
     let events = cluster.converged(Duration::from_secs(60));
     check(&history, &events);
-    let tables = "SELECT datanet, owner, lsn FROM datanets ORDER BY datanet";
-    let states: Vec<Vec<Vec<Option<String>>>> =
-        (1..=3).map(|id| cluster.query(id, tables).rows).collect();
-    assert!(states.iter().all(|s| *s == states[0]), "the nodes' states differ");
-
-    for id in 1..=3 {
-        let (status, _) = cluster.nodes[id - 1].take().unwrap().terminate();
-        assert!(status.success(), "node {id} exited with {status}");
-    }
-    cluster.dirs.iter().for_each(|d| verify(d));
+    same_state_then_verify(cluster);
 }
 
 #[test]
