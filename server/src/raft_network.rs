@@ -130,6 +130,9 @@ pub struct Network {
     channels: Channels,
     /// Forwarding's channels, connected eagerly (see `forwarding`).
     forwarding: Channels,
+    /// The address connections to the other nodes come from (`from_address`); `None`: the
+    /// system picks.
+    local: Option<std::net::IpAddr>,
 }
 
 type Channels = Arc<Mutex<HashMap<(NodeId, String), Channel>>>;
@@ -141,7 +144,15 @@ impl Network {
     pub fn new(secret: Secret, trusted: Option<&[u8]>) -> Network {
         let tls =
             trusted.map(|pem| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
-        Network { secret, tls, channels: Arc::default(), forwarding: Arc::default() }
+        Network { secret, tls, channels: Arc::default(), forwarding: Arc::default(), local: None }
+    }
+
+    /// Connections to the other nodes come from `ip` (a node listening on one address of a
+    /// host with several talks from that address too, so that peers and firewalls see one
+    /// address per node). An unspecified address (`0.0.0.0`, `::`) leaves it to the system.
+    pub fn from_address(mut self, ip: std::net::IpAddr) -> Network {
+        self.local = (!ip.is_unspecified()).then_some(ip);
+        self
     }
 
     /// Where node `addr` is reached, with this network's TLS.
@@ -150,7 +161,8 @@ impl Network {
         let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("address {addr:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .local_address(self.local);
         match &self.tls {
             Some(tls) => {
                 endpoint.tls_config(tls.clone()).map_err(|e| format!("TLS to {addr}: {e}"))

@@ -230,12 +230,7 @@ async fn coalesce(
                 tokio::spawn(async move {
                     let outcomes = match response.await {
                         Ok(Ok(r)) => Ok(r.data.0),
-                        // The leadership moved before the entry was appended: nothing of it
-                        // was written.
-                        Ok(Err(e @ openraft::error::ClientWriteError::ForwardToLeader(_))) => {
-                            Err(WriteError::NotLeader(e.to_string()))
-                        }
-                        Ok(Err(e)) => Err(WriteError::Raft(e.to_string())),
+                        Ok(Err(e)) => Err(lost_leadership(e)),
                         Err(e) => Err(WriteError::Raft(e.to_string())),
                     };
                     route_outcomes(outcomes, replies);
@@ -244,6 +239,23 @@ async fn coalesce(
                 });
             }
         }
+    }
+}
+
+/// What a write that Raft took and then failed became. openraft answers "forward to the
+/// leader" both when this node was not the leader as the entry arrived (nothing appended) and
+/// when the entry was appended here and later cut off by a new leader's log: the entry may
+/// still be on another node, which can become leader and commit it (Raft's figure 8, with five
+/// voters or more). The two cannot be told apart here, so the outcome is unknown, never "not
+/// written" (which invites a resend that could apply the write twice).
+fn lost_leadership(e: openraft::error::ClientWriteError<NodeId, BasicNode>) -> WriteError {
+    match e {
+        openraft::error::ClientWriteError::ForwardToLeader(f) => WriteError::Raft(format!(
+            "the leadership moved to {:?} while the write was being committed; it may or may not \
+             have been applied: check before writing it again",
+            f.leader_id
+        )),
+        other => WriteError::Raft(other.to_string()),
     }
 }
 
@@ -290,9 +302,7 @@ async fn forward_entry(
             // This node became the leader while the entry waited.
             return match raft.client_write(proposal.clone()).await {
                 Ok(r) => Ok(r.data.0),
-                Err(e) if e.forward_to_leader::<BasicNode>().is_some() => {
-                    Err(WriteError::NotLeader("the leadership moved".into()))
-                }
+                Err(openraft::error::RaftError::APIError(e)) => Err(lost_leadership(e)),
                 Err(e) => Err(WriteError::Raft(e.to_string())),
             };
         }
@@ -874,6 +884,7 @@ impl Database {
         let (mut lsn, mut ts) = (at.lsn, at.ts);
         let mut passed = 0usize;
         let mut next = at.index;
+        let mut repaired = false;
         loop {
             let step = self.log.with_log(|log| {
                 let mut seen = 0;
@@ -918,7 +929,19 @@ impl Database {
                 } else {
                     Step::More
                 })
-            })?;
+            });
+            // A damaged record stops the step before it (`next` is its index, and every event
+            // before it was passed once), so after a repair the scan goes on from there.
+            let step = match step {
+                Err(e @ StorageError::Damaged { .. }) if !repaired => {
+                    repaired = true;
+                    if self.repair_on_read(&e) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                other => other?,
+            };
             match step {
                 Step::Done => return Ok(None),
                 Step::Stop(cursor) => return Ok(Some(cursor)),
@@ -938,14 +961,21 @@ impl Database {
         if let Err(e) = payload::parts(proposal.as_bytes()) {
             return Err(ForwardError::NotWritten(format!("malformed entry: {e}")));
         }
+        // A node that knows it does not lead says so before proposing: that answer is certain
+        // (nothing appended), and the follower may try the leader it names. Once proposed, a
+        // lost leadership leaves the outcome unknown (`lost_leadership`).
+        let leader = self.raft.metrics().borrow().current_leader;
+        if leader != Some(self.id) {
+            return Err(ForwardError::NotLeader(leader));
+        }
         let size = proposal.as_bytes().len() as u64;
         self.log.reserve(size).map_err(|e| ForwardError::NotWritten(e.to_string()))?;
         match self.raft.client_write(proposal).await {
             Ok(r) => Ok(Forwarded { index: r.log_id.index, outcomes: r.data }),
-            Err(e) => Err(match e.forward_to_leader::<BasicNode>() {
-                Some(f) => ForwardError::NotLeader(f.leader_id),
-                None => ForwardError::Unknown(e.to_string()),
-            }),
+            Err(openraft::error::RaftError::APIError(e)) => {
+                Err(ForwardError::Unknown(lost_leadership(e).to_string()))
+            }
+            Err(e) => Err(ForwardError::Unknown(e.to_string())),
         }
     }
 
@@ -954,6 +984,40 @@ impl Database {
     pub fn repair(&self) -> Result<usize, StorageError> {
         let source = crate::repair::Source::of(&self.raft, self.id);
         self.rt.block_on(crate::repair::from_peers(&self.log, &*self.forward, &source))
+    }
+
+    /// A read ran into `damage`: a node of a cluster repairs it from its peers at once (not at
+    /// the next background check), so that the read can go on. Returns whether anything was
+    /// repaired. The repair runs on a thread of its own: reads are called from async code, and
+    /// the repair blocks on this database's runtime.
+    fn repair_on_read(&self, damage: &StorageError) -> bool {
+        if self.forward_peers().is_empty() {
+            return false;
+        }
+        tracing::error!("a read found damage: {damage}; repairing from the peers");
+        let repaired = std::thread::scope(|s| s.spawn(|| self.repair()).join());
+        match repaired {
+            Ok(Ok(n)) => {
+                tracing::info!("{n} damaged records repaired from peers");
+                n > 0
+            }
+            Ok(Err(e)) => {
+                tracing::error!("the damage a read found was not repaired: {e}");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The other members of this node's cluster (none for a lone or offline node).
+    fn forward_peers(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(p, _)| *p)
+            .filter(|p| *p != self.id)
+            .collect()
     }
 
     /// This node's copy of log record `index`, for a peer repairing its own.

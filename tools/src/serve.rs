@@ -129,7 +129,7 @@ fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> 
     };
     let secret = Secret::new(super::cluster::read_secret(args.cluster_secret_file.as_ref())?);
     let trusted = args.cluster_ca.as_ref().or(args.tls_cert.as_ref());
-    let network = super::cluster::network(secret.clone(), trusted)?;
+    let network = super::cluster::network(secret.clone(), trusted)?.from_address(listen.ip());
     let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
     let db = Database::open_node(&args.data, Options::default(), node)?;
     Ok((db, Some((listen, secret))))

@@ -1,7 +1,8 @@
 //! A three-node cluster of `tally serve` processes on loopback, with faults (SIGKILL of the
-//! leader under writes, restart), checked by a history of every write a client sent and its
-//! outcome: every acknowledged write is present on every node, no write refused as "not
-//! written" is present anywhere, and all nodes end with identical events and state.
+//! leader under writes, restart, SIGSTOP, network partitions through `proxy.rs`), checked by a
+//! history of every write a client sent and its outcome: every acknowledged write is present
+//! on every node, no write refused as "not written" is present anywhere, and all nodes end
+//! with identical events and state.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::proxy::{node_ip, Links, Proxy};
 use crate::served::{free_ports, tally, Served};
 
 /// Nodes a test may add to its cluster after it started.
@@ -18,10 +20,18 @@ const SPARE: usize = 1;
 use crate::wire::{Reply, Wire};
 
 /// The nodes of a test cluster: their data directories, Raft ports and running processes.
+/// Nodes reach each other through a proxy in front of each one (`proxy.rs`): `--peers` names
+/// the proxies, and node `i` listens on `node_ip(i)`.
 struct Cluster {
     dirs: Vec<PathBuf>,
     peers: String,
+    /// Each node's Raft address as the cluster knows it: its proxy's port on 127.0.0.1.
     raft: Vec<u16>,
+    /// The port each node's Raft service listens on, at `node_ip(id)`.
+    listen: Vec<u16>,
+    links: Arc<Links>,
+    /// Running while the cluster lives.
+    _proxies: Vec<Proxy>,
     /// Each node's SQL port, kept across restarts.
     sql: Vec<u16>,
     /// Each node's ingest port.
@@ -39,24 +49,42 @@ impl Cluster {
     }
 
     fn start_with(root: &Path, size: usize, extra: &[String]) -> Cluster {
+        let mut cluster = Cluster::prepare(root, size, extra);
+        cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
+        cluster
+    }
+
+    /// The ports, proxies and directories of a cluster of `size` nodes, none started yet.
+    fn prepare(root: &Path, size: usize, extra: &[String]) -> Cluster {
         // Every port of every node picked at once (and of a node added later: `SPARE`), so
         // that no two collide.
-        let ports = free_ports(3 * (size + SPARE));
-        let raft: Vec<u16> = ports[..size + SPARE].to_vec();
-        let sql: Vec<u16> = ports[size + SPARE..2 * (size + SPARE)].to_vec();
-        let ingest: Vec<u16> = ports[2 * (size + SPARE)..].to_vec();
+        let all = size + SPARE;
+        let ports = free_ports(3 * all);
+        let part = |k: usize| ports[k * all..(k + 1) * all].to_vec();
+        let (listen, sql, ingest) = (part(0), part(1), part(2));
+        let links = Arc::new(Links::default());
+        let proxies: Vec<Proxy> = (1..=all)
+            .map(|id| Proxy::start(id, (node_ip(id), listen[id - 1]).into(), links.clone()))
+            .collect();
+        let raft: Vec<u16> = proxies.iter().map(|p| p.port).collect();
         let peers: Vec<String> = raft[..size]
             .iter()
             .enumerate()
             .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
             .collect();
-        let dirs = (1..=size).map(|i| root.join(format!("node{i}"))).collect();
-        let peers = peers.join(",");
-        let extra = extra.to_vec();
-        let (copies, nodes) = (Vec::new(), Vec::new());
-        let mut cluster = Cluster { dirs, peers, raft, sql, ingest, extra, copies, nodes };
-        cluster.nodes = (1..=size).map(|id| Some(cluster.spawn(id))).collect();
-        cluster
+        Cluster {
+            dirs: (1..=size).map(|i| root.join(format!("node{i}"))).collect(),
+            peers: peers.join(","),
+            raft,
+            listen,
+            links,
+            _proxies: proxies,
+            sql,
+            ingest,
+            extra: extra.to_vec(),
+            copies: Vec::new(),
+            nodes: Vec::new(),
+        }
     }
 
     /// Starts one more node, not yet a member: it waits to be added.
@@ -87,9 +115,15 @@ impl Cluster {
     fn spawn(&self, id: usize) -> Served {
         let id_text = id.to_string();
         let (dir, ports) = (&self.dirs[id - 1], (self.sql[id - 1], self.ingest[id - 1]));
-        let mut args = vec!["--node-id", &id_text, "--peers", &self.peers];
+        let raft = format!("{}:{}", node_ip(id), self.listen[id - 1]);
+        let mut args = vec!["--node-id", &id_text, "--peers", &self.peers, "--raft", &raft];
         args.extend(self.extra.iter().map(String::as_str));
         Served::start_on(dir, ports, &args)
+    }
+
+    /// The ids of the nodes other than `id`.
+    fn others(&self, id: usize) -> Vec<usize> {
+        (1..=self.nodes.len()).filter(|n| *n != id).collect()
     }
 
     fn port(&self, id: usize) -> Option<u16> {
@@ -275,7 +309,24 @@ enum Fault {
     PauseLeader,
     /// The leader is killed while a large COPY into it is under way.
     KillLeaderDuringCopy,
+    /// The leader is cut off from every other node for a while (a network partition).
+    PartitionLeader,
+    /// A follower is cut off from every other node for a while.
+    PartitionFollower,
 }
+
+/// How long a partition fault lasts: several election timeouts.
+const PARTITION: Duration = Duration::from_secs(3);
+
+/// Every fault, in the order the soak takes them.
+const FAULTS: [Fault; 6] = [
+    Fault::KillLeader,
+    Fault::PartitionLeader,
+    Fault::KillFollower,
+    Fault::PauseLeader,
+    Fault::PartitionFollower,
+    Fault::KillLeaderDuringCopy,
+];
 
 /// Numbers the interrupted COPYs of a test binary.
 static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -341,6 +392,12 @@ fn inject(cluster: &mut Cluster, fault: Fault) {
             std::thread::sleep(Duration::from_secs(1));
             cluster.restart(leader);
         }
+        Fault::PartitionLeader | Fault::PartitionFollower => {
+            let alone = if matches!(fault, Fault::PartitionLeader) { leader } else { follower };
+            cluster.links.cut(alone, &cluster.others(alone));
+            std::thread::sleep(PARTITION);
+            cluster.links.heal();
+        }
     }
     std::thread::sleep(Duration::from_millis(500));
 }
@@ -373,10 +430,8 @@ fn faults_under_writes(faults: impl Iterator<Item = Fault>) {
 }
 
 #[test]
-fn kills_and_pauses_under_concurrent_writes_lose_and_double_nothing() {
-    let faults =
-        [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::KillLeaderDuringCopy];
-    faults_under_writes(faults.into_iter());
+fn kills_pauses_and_partitions_under_concurrent_writes_lose_and_double_nothing() {
+    faults_under_writes(FAULTS.into_iter());
 }
 
 /// The long run: `TALLY_SOAK_SECS` (default 1800) of faults in turn; `tests/soak.sh` runs it.
@@ -385,12 +440,10 @@ fn kills_and_pauses_under_concurrent_writes_lose_and_double_nothing() {
 fn soak() {
     let secs = std::env::var("TALLY_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
     let until = Instant::now() + Duration::from_secs(secs);
-    let all =
-        [Fault::KillLeader, Fault::KillFollower, Fault::PauseLeader, Fault::KillLeaderDuringCopy];
     let mut round = 0;
     while Instant::now() < until {
         // Rounds of 12 faults, each on a fresh cluster checked at its end.
-        faults_under_writes((0..12).map(|k| all[(round + k) % all.len()]));
+        faults_under_writes((0..12).map(|k| FAULTS[(round + k) % FAULTS.len()]));
         round += 1;
         eprintln!("soak: round {round} clean");
     }
@@ -423,10 +476,12 @@ fn same_state_then_verify(mut cluster: Cluster) {
         let (status, _) = cluster.nodes[id - 1].take().unwrap().terminate();
         assert!(status.success(), "node {id} exited with {status}");
     }
-    cluster.dirs.iter().for_each(|d| verify(d));
+    let digests: Vec<String> = cluster.dirs.iter().map(|d| verify(d)).collect();
+    assert!(digests.iter().all(|d| *d == digests[0]), "the nodes' digests differ: {digests:?}");
 }
 
-fn verify(data: &Path) {
+/// `tally verify` on `data`: it must pass; returns the state digest it printed.
+fn verify(data: &Path) -> String {
     let out =
         Command::new(env!("CARGO_BIN_EXE_tally")).args(["verify", "--data"]).arg(data).output();
     let out = out.unwrap();
@@ -437,6 +492,9 @@ fn verify(data: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("live state digest:"));
+    line.expect("tally verify prints the state digest").to_owned()
 }
 
 #[test]
@@ -471,6 +529,62 @@ fn a_three_node_cluster_replicates_every_write_and_survives_losing_its_leader() 
     // The dead node comes back and catches up.
     cluster.restart(leader);
     write_some(&cluster, 80..90, |n| 1 + n % 3, &mut history);
+    let events = cluster.converged(Duration::from_secs(60));
+    check(&history, &events);
+    same_state_then_verify(cluster);
+}
+
+/// One write through node `id` in a thread of its own (it may wait for a partition to heal).
+fn write_in_background(
+    cluster: &Cluster,
+    id: usize,
+    datanet: &str,
+) -> std::thread::JoinHandle<Seen> {
+    let (port, sql) =
+        (cluster.sql[id - 1], format!("INSERT INTO datanets VALUES ('{datanet}', 'o')"));
+    std::thread::spawn(move || match Wire::try_connect_waiting(port, Duration::from_secs(30)) {
+        Some(mut wire) => outcome(&wire.try_query(&sql)),
+        None => Seen::NotWritten,
+    })
+}
+
+#[test]
+fn a_partitioned_leader_or_follower_loses_and_doubles_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(root.path(), 3);
+    let leader = cluster.leader(1, None, Duration::from_secs(30));
+    let mut history = BTreeMap::new();
+    write_some(&cluster, 0..10, |n| 1 + n % 3, &mut history);
+
+    // The leader is cut off from both followers. A write through it cannot commit; the two
+    // others elect a leader of their own and take writes.
+    let majority = cluster.others(leader);
+    cluster.links.cut(leader, &majority);
+    let stuck = write_in_background(&cluster, leader, "cut-off");
+    for id in &majority {
+        cluster.leader(*id, Some(leader), Duration::from_secs(30));
+    }
+    write_some(&cluster, 10..30, |n| majority[n % 2], &mut history);
+    let during = (10..30).filter(|n| history[&format!("w-{n}")] == Seen::Acked).count();
+    assert_eq!(during, 20, "writes through the majority during the partition: {history:?}");
+    cluster.links.heal();
+    // Healed: the old leader learns of the new term, and its write was never committed.
+    let seen = stuck.join().unwrap();
+    eprintln!("the write through the cut-off leader: {seen:?}");
+    assert_ne!(seen, Seen::Acked, "a write through a leader without a majority was acknowledged");
+    history.insert("cut-off".into(), seen);
+    write_some(&cluster, 30..40, |n| 1 + n % 3, &mut history);
+    assert!((30..40).all(|n| history[&format!("w-{n}")] == Seen::Acked), "{history:?}");
+
+    // A follower is cut off: the others go on; once healed it catches up.
+    let leader = cluster.leader(1, None, Duration::from_secs(30));
+    let follower = cluster.others(leader)[0];
+    cluster.links.cut(follower, &cluster.others(follower));
+    let rest = cluster.others(follower);
+    write_some(&cluster, 40..60, |n| rest[n % 2], &mut history);
+    std::thread::sleep(PARTITION);
+    cluster.links.heal();
+    write_some(&cluster, 60..70, |n| 1 + n % 3, &mut history);
     let events = cluster.converged(Duration::from_secs(60));
     check(&history, &events);
     same_state_then_verify(cluster);
@@ -595,24 +709,14 @@ fn nodes_talk_over_tls_and_refuse_calls_without_the_cluster_secret() {
 #[test]
 fn a_lone_node_grows_into_a_cluster_keeping_its_ledger() {
     let root = tempfile::tempdir().unwrap();
-    let ports = free_ports(6);
     let lone = root.path().join("node1");
     let served = Served::start(&lone, &[]);
     let reply = Wire::connect(served.port).query("INSERT INTO datanets VALUES ('before', 'o')");
     assert!(reply.errors.is_empty(), "{reply:?}");
     assert!(served.terminate().0.success());
     // The same directory as node 1 of a cluster, with two new nodes.
-    let peers: Vec<String> = (0..3).map(|i| format!("{}=127.0.0.1:{}", i + 1, ports[i])).collect();
-    let mut cluster = Cluster {
-        dirs: (1..=3).map(|i| root.path().join(format!("node{i}"))).collect(),
-        peers: peers.join(","),
-        raft: ports[..3].to_vec(),
-        sql: ports[3..].to_vec(),
-        ingest: free_ports(3),
-        extra: Vec::new(),
-        copies: Vec::new(),
-        nodes: Vec::new(),
-    };
+    let mut cluster = Cluster::prepare(root.path(), 3, &[]);
+    let peers: Vec<String> = cluster.peers.split(',').map(str::to_owned).collect();
     cluster.nodes = (1..=3).map(|id| Some(cluster.spawn(id))).collect();
     assert_eq!(cluster.leader(1, None, Duration::from_secs(30)), 1);
     for id in 2..=3 {

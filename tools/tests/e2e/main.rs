@@ -7,5 +7,6 @@ mod cluster;
 mod fuzz;
 mod hostile;
 mod ingest;
+mod proxy;
 mod served;
 mod wire;
