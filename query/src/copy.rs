@@ -30,14 +30,15 @@ pub struct CopyIn {
     format: Format,
 }
 
+/// A COPY's format and its options (shared with `copy_out.rs`).
 #[derive(Debug, Clone)]
-struct Format {
-    csv: bool,
-    header: bool,
-    delimiter: u8,
-    null: String,
-    quote: u8,
-    escape: u8,
+pub(crate) struct Format {
+    pub(crate) csv: bool,
+    pub(crate) header: bool,
+    pub(crate) delimiter: u8,
+    pub(crate) null: String,
+    pub(crate) quote: u8,
+    pub(crate) escape: u8,
 }
 
 impl CopyIn {
@@ -47,6 +48,9 @@ impl CopyIn {
         let Statement::Copy { source, to, target, options, legacy_options, .. } = statement else {
             return None;
         };
+        if *to && matches!(target, CopyTarget::Stdout) {
+            return None; // `copy_out.rs`
+        }
         Some(Self::build(source, *to, target, options, legacy_options))
     }
 
@@ -58,14 +62,9 @@ impl CopyIn {
         legacy: &[CopyLegacyOption],
     ) -> Result<CopyIn, QueryError> {
         if to {
-            return match target {
-                CopyTarget::Stdout => Err(QueryError::Unsupported(
-                    "COPY … TO STDOUT (use SELECT; psql's \\copy (SELECT …) TO works too)".into(),
-                )),
-                _ => Err(QueryError::NotAllowed(
-                    "COPY … TO a file or program would write the server's files".into(),
-                )),
-            };
+            return Err(QueryError::NotAllowed(
+                "COPY … TO a file or program would write the server's files; use TO STDOUT".into(),
+            ));
         }
         if !matches!(target, CopyTarget::Stdin) {
             return Err(QueryError::NotAllowed(
@@ -172,7 +171,7 @@ impl CopyIn {
 }
 
 impl Format {
-    fn from_options(
+    pub(crate) fn from_options(
         options: &[CopyOption],
         legacy: &[CopyLegacyOption],
     ) -> Result<Format, QueryError> {

@@ -57,6 +57,9 @@ pub enum QueryError {
     /// A bug: something that cannot happen did (SQLSTATE XX000).
     #[error("internal error: {0}")]
     Internal(String),
+    /// A scalar subquery gave more than one row (SQLSTATE 21000, as PostgreSQL).
+    #[error("{0}")]
+    CardinalityViolation(String),
     /// SQL we do not support (SQLSTATE 0A000).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -97,6 +100,7 @@ impl QueryError {
             QueryError::Canceled(_) => "57014",
             QueryError::ShuttingDown => "57P01",
             QueryError::Internal(_) => "XX000",
+            QueryError::CardinalityViolation(_) => "21000",
             QueryError::Unsupported(_) => "0A000",
             QueryError::Write(_) => "58030",
             QueryError::NoLeader(_) => "57P03",

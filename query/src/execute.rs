@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 use crate::consistency::Consistency;
 use crate::session::Output;
 use crate::transaction::Session;
-use crate::{Access, CopyIn, QueryError, Sql};
+use crate::{Access, CopyIn, CopyOut, QueryError, Sql};
 
 /// Statements whose expressions may nest deeper than this (`check_statement_text`) are planned
 /// on a blocking thread, at most one per core at a time: DataFusion's planning time grows with
@@ -55,6 +55,8 @@ pub enum Outcome {
     Done(Done),
     /// `COPY … FROM STDIN`: the front end collects the data and calls `Sql::copy_in`.
     CopyIn(CopyIn),
+    /// `COPY … TO STDOUT`: the rows to stream and their encoder.
+    CopyOut(CopyOut),
     /// A setting of the client's session (SET, RESET, SHOW, DISCARD, DEALLOCATE): what the
     /// front end keeps per connection, so the front end applies it.
     Setting,
@@ -132,6 +134,15 @@ impl Sql {
         if let Some(copy) = CopyIn::from_statement(statement) {
             return copy.map(Outcome::CopyIn);
         }
+        // COPY … TO STDOUT runs as the query it stands for.
+        let copy_out = crate::copy_out::query_of(statement).transpose()?;
+        let request = match &copy_out {
+            Some((query, _)) => {
+                Sql::check(query, access)?;
+                Request::new(query, request.heavy)
+            }
+            None => request,
+        };
         if session.consistency == Consistency::Linearizable {
             tokio::select! {
                 biased;
@@ -146,9 +157,15 @@ impl Sql {
             output = self.plan_and_run(request) => output?,
             stopped = &mut stop => return Err(stopped),
         };
-        match output {
-            Output::Rows(df) => Ok(Outcome::Rows(df)),
-            Output::Write { table, events } => {
+        match (output, copy_out) {
+            (Output::Rows(df), Some((query, format))) => {
+                Ok(Outcome::CopyOut(CopyOut::new(&query, df, format)))
+            }
+            (Output::Write { .. }, Some(_)) => {
+                Err(QueryError::Unsupported("COPY of a statement that writes".into()))
+            }
+            (Output::Rows(df), None) => Ok(Outcome::Rows(df)),
+            (Output::Write { table, events }, None) => {
                 let rows = self.write(session, table, events).await?;
                 Ok(Outcome::Done(Done { tag: "INSERT", rows: Some(rows) }))
             }
@@ -228,13 +245,24 @@ impl Sql {
                 self.execute(&mut session, Access::Writer, request, std::future::pending());
             last = match outcome.await? {
                 Outcome::Rows(df) => {
-                    df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?
+                    let schema = crate::result_schema(statement, df.schema().as_arrow());
+                    let batches = df.collect().await;
+                    let batches = batches.map_err(|e| QueryError::from(e).unwrap_external())?;
+                    let named = batches
+                        .into_iter()
+                        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()));
+                    named.collect::<Result<Vec<_>, _>>()?
                 }
                 Outcome::Done(Done { rows: Some(n), .. }) => count_batch(n)?,
                 Outcome::Done(_) => Vec::new(),
                 Outcome::CopyIn(_) => {
                     return Err(QueryError::Unsupported(
                         "COPY FROM STDIN needs data: use Sql::copy_in".into(),
+                    ))
+                }
+                Outcome::CopyOut(_) => {
+                    return Err(QueryError::Unsupported(
+                        "COPY TO STDOUT is for the wire protocol: run the query".into(),
                     ))
                 }
                 Outcome::Setting => {

@@ -6,9 +6,12 @@
 //! wire protocol and the Flight endpoint live in `server/`.
 
 mod batch;
+mod column_names;
 mod complexity;
 mod consistency;
 mod copy;
+mod copy_out;
+mod driver_catalog;
 mod error;
 mod execute;
 mod ingest;
@@ -16,13 +19,17 @@ mod postgres;
 mod provider;
 mod row;
 mod session;
+mod set_functions;
+mod subquery;
 pub mod tables;
 mod transaction;
 mod value_limits;
 
 pub use batch::events_from_batch;
+pub use column_names::result_schema;
 pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_BYTES};
 pub use copy::{CopyIn, MAX_COPY_BYTES};
+pub use copy_out::{CopyEncoder, CopyOut};
 pub use error::QueryError;
 pub use execute::{Done, Outcome, Request, HEAVY_DEPTH};
 pub use ingest::{DryRun, PendingBatch, MAX_DRY_RUN_ROWS};

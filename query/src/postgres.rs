@@ -3,11 +3,17 @@
 //! drivers call that DataFusion lacks, `version()`, and the parser's rewrites of PostgreSQL
 //! spellings. Every front end shares them; none registers anything that reads files.
 
+use std::ops::ControlFlow;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{create_udf, ColumnarValue, Volatility};
 use datafusion::scalar::ScalarValue;
+use datafusion::sql::sqlparser::ast::{
+    visit_relations, Expr, Query, SelectItem, SetExpr, Statement, Value, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::pg_catalog::setup_pg_catalog;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
@@ -20,15 +26,110 @@ pub const POSTGRES_VERSION: &str = "16.6";
 
 /// The parser every statement goes through: PostgreSQL's dialect plus the rewrites of
 /// PostgreSQL-only spellings that drivers send (built once: its rule tables are fixed).
-pub(crate) fn parser() -> &'static PostgresCompatibilityParser {
+fn parser() -> &'static PostgresCompatibilityParser {
     static PARSER: OnceLock<PostgresCompatibilityParser> = OnceLock::new();
     PARSER.get_or_init(PostgresCompatibilityParser::new)
+}
+
+/// Parses `sql` with the catalog crate's rewrites, except one where it would answer wrongly:
+/// its rule that makes every scalar subquery of a select list that it takes for correlated
+/// (or that holds a `$1`) NULL, and puts `LIMIT 1` on the others. Subqueries that read the
+/// ledger's tables are kept out of that rule's reach (in parentheses, which it does not look
+/// into), so they are planned as written: correlated ones with `only_row` (`subquery.rs`).
+/// Subqueries over the catalog alone (psql's `\d` asks for column defaults and collations
+/// so) are left to the rule: the ledger's tables have no defaults, identities or collations
+/// of their own, so NULL is what PostgreSQL would answer too. Statements the crate rewrites as
+/// a whole (its list of known driver queries) are taken as it rewrites them.
+pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let full = parser().parse(sql)?;
+    let lower = sql.to_ascii_lowercase();
+    let ours = lower.matches("select").count() > 1 || lower.contains("::reg");
+    if !ours {
+        return Ok(full);
+    }
+    let Ok(raw) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else { return Ok(full) };
+    let rewritten: Vec<Statement> = raw.iter().cloned().map(|s| parser().rewrite(s)).collect();
+    if rewritten != full {
+        // The crate replaced the statement's tokens (a known driver query): keep its version.
+        return Ok(full);
+    }
+    Ok(raw
+        .into_iter()
+        .map(|mut s| {
+            let _ = s.visit(&mut BeforeRewrites);
+            parser().rewrite(s)
+        })
+        .collect())
+}
+
+/// Whether `query` reads a table that is not PostgreSQL's catalog.
+fn reads_the_ledger(query: &Query) -> bool {
+    let mut ledger = false;
+    let _ = visit_relations(query, |name| {
+        let parts: Vec<String> =
+            name.0.iter().filter_map(|p| p.as_ident()).map(|i| i.value.to_lowercase()).collect();
+        let catalog = match parts.as_slice() {
+            [.., schema, _] => schema == "pg_catalog" || schema == "information_schema",
+            [table] => table.starts_with("pg_"),
+            [] => true,
+        };
+        ledger |= !catalog;
+        ControlFlow::<()>::Continue(())
+    });
+    ledger
+}
+
+/// What the statement needs before the crate's rewrites: each scalar subquery that is an item
+/// of a select list and reads the ledger goes in parentheses, and a name cast to an oid type
+/// (`'pg_catalog.array_in'::regproc`, `'public.balances'::regclass`) loses its schema, which
+/// the crate's lookup by name does not expect (every object of the catalog is in
+/// `pg_catalog`, every table of the ledger in `public`).
+struct BeforeRewrites;
+
+/// The oid types a name can be cast to.
+const OID_NAME_TYPES: [&str; 6] =
+    ["regclass", "regtype", "regproc", "regprocedure", "regnamespace", "regoper"];
+
+impl VisitorMut for BeforeRewrites {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Expr::Cast { expr: inner, data_type, .. } = expr {
+            let type_name = data_type.to_string().to_ascii_lowercase();
+            let type_name = type_name.rsplit('.').next().unwrap_or_default();
+            if let (true, Expr::Value(v)) = (OID_NAME_TYPES.contains(&type_name), inner.as_mut()) {
+                if let Value::SingleQuotedString(name) = &mut v.value {
+                    if let Some((_, object)) = name.rsplit_once('.') {
+                        *name = object.trim_matches('"').to_owned();
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                let (SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. }) = item
+                else {
+                    continue;
+                };
+                if matches!(e, Expr::Subquery(q) if reads_the_ledger(q)) {
+                    let subquery = std::mem::replace(e, Expr::Value(Value::Null.with_empty_span()));
+                    *e = Expr::Nested(Box::new(subquery));
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 impl Sql {
     /// Registers PostgreSQL's catalog and the functions drivers call, in the shared context.
     pub async fn add_postgres_catalog(&self) -> Result<(), QueryError> {
         setup_pg_catalog(self.context(), "tally", EmptyContextProvider).map_err(|e| *e)?;
+        crate::driver_catalog::replace(self.context(), "tally").await?;
         register_version(self);
         register_to_regtype(self).await?;
         register_catalog_functions(self);
@@ -148,6 +249,18 @@ fn register_catalog_functions(sql: &Sql) {
         Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
     );
     sql.context().register_udf(null_text);
+    sql.context().register_udf(current_setting());
+    sql.context().register_udf(crate::set_functions::expandarray_rows());
+    // pg_get_indexdef(index, column, pretty): no index of pg_index is one of Tally's (its rows
+    // are PostgreSQL's own catalog indexes, carried by the catalog crate), so there is no
+    // definition to show: NULL, as PostgreSQL answers for an oid that is no index of its.
+    sql.context().register_udf(create_udf(
+        "pg_get_indexdef",
+        vec![DataType::Int64, DataType::Int64, DataType::Boolean],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
+    ));
     for name in ["pg_collation_is_visible", "pg_type_is_visible"] {
         sql.context().register_udf(create_udf(
             name,
@@ -236,4 +349,69 @@ fn json_value(v: &ScalarValue, key: bool) -> String {
         quoted.push('"');
         quoted
     }
+}
+
+/// `current_setting(name [, missing_ok])` for the server's fixed settings
+/// (`driver_catalog::SERVER_SETTINGS`, also in `pg_settings`; SQLAlchemy's table reflection
+/// asks for `default_table_access_method`). A function of the shared context cannot see a
+/// connection's own SET values, so any other name is refused, naming SHOW, which answers for
+/// the session.
+fn current_setting() -> datafusion::logical_expr::ScalarUDF {
+    use datafusion::logical_expr::{Signature, TypeSignature};
+    let signature = Signature::one_of(
+        vec![
+            TypeSignature::Exact(vec![DataType::Utf8]),
+            TypeSignature::Exact(vec![DataType::Utf8, DataType::Boolean]),
+        ],
+        Volatility::Stable,
+    );
+    let udf = datafusion::logical_expr::expr_fn::SimpleScalarUDF::new_with_signature(
+        "current_setting",
+        signature,
+        DataType::Utf8,
+        Arc::new(|args: &[ColumnarValue]| {
+            let missing_ok = match args.get(1) {
+                Some(ColumnarValue::Scalar(ScalarValue::Boolean(b))) => b.unwrap_or(false),
+                Some(_) => {
+                    return Err(datafusion::error::DataFusionError::NotImplemented(
+                        "current_setting's missing_ok must be a constant".into(),
+                    ))
+                }
+                None => false,
+            };
+            let lookup = |name: Option<&str>| -> datafusion::error::Result<Option<String>> {
+                let Some(name) = name else { return Ok(None) };
+                let known = crate::driver_catalog::SERVER_SETTINGS
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name));
+                match known {
+                    Some((_, value)) => Ok(Some((*value).to_owned())),
+                    None if missing_ok => Ok(None),
+                    None => Err(datafusion::error::DataFusionError::External(Box::new(
+                        QueryError::Unsupported(format!(
+                            "current_setting({name:?}): only the server's fixed settings are \
+                             answered here; SHOW {name} answers for this session"
+                        )),
+                    ))),
+                }
+            };
+            match &args[0] {
+                ColumnarValue::Scalar(ScalarValue::Utf8(name)) => {
+                    Ok(ColumnarValue::Scalar(ScalarValue::Utf8(lookup(name.as_deref())?)))
+                }
+                ColumnarValue::Array(names) => {
+                    let names = datafusion::arrow::array::AsArray::as_string::<i32>(names);
+                    let values =
+                        names.iter().map(lookup).collect::<datafusion::error::Result<Vec<_>>>()?;
+                    Ok(ColumnarValue::Array(Arc::new(datafusion::arrow::array::StringArray::from(
+                        values,
+                    ))))
+                }
+                other => Err(datafusion::error::DataFusionError::Internal(format!(
+                    "current_setting of {other:?}"
+                ))),
+            }
+        }),
+    );
+    datafusion::logical_expr::ScalarUDF::from(udf)
 }

@@ -552,3 +552,97 @@ fn bounded_statements_read_only_what_they_ask_for() {
     let p = plan("SELECT COUNT(*) FROM events WHERE lsn > 100");
     assert!(p.contains("TableScan: events") && p.contains("lsn > Int64(100)"), "{p}");
 }
+
+#[test]
+fn scalar_subqueries_answer_as_in_postgresql() {
+    let (_dir, sql) = demo();
+    // Correlated and aggregated: one value per outer row (never silently NULL).
+    let per_datanet = sql
+        .query_blocking(
+            "SELECT d.datanet, (SELECT count(*) FROM contributions c WHERE c.datanet = d.datanet) AS n \
+             FROM datanets d ORDER BY d.datanet",
+        )
+        .unwrap();
+    let joined = sql
+        .query_blocking(
+            "SELECT d.datanet, count(c.contribution) AS n FROM datanets d \
+             LEFT JOIN contributions c ON c.datanet = d.datanet GROUP BY d.datanet ORDER BY d.datanet",
+        )
+        .unwrap();
+    assert_eq!(col_i64(&per_datanet, "n"), col_i64(&joined, "n"));
+    assert!(col_i64(&per_datanet, "n").iter().sum::<i64>() > 0);
+    // Correlated, not aggregated: the one row's value, NULL for none, 21000 for more.
+    let one = sql
+        .query_blocking(
+            "SELECT c.contribution, (SELECT d.owner FROM datanets d WHERE d.datanet = c.datanet) AS owner \
+             FROM contributions c ORDER BY c.contribution LIMIT 3",
+        )
+        .unwrap();
+    assert!(col_str(&one, "owner").iter().all(|o| !o.is_empty()));
+    let none = sql
+        .query_blocking(
+            "SELECT d.datanet, (SELECT c.contributor FROM contributions c WHERE c.contribution = d.datanet) AS x \
+             FROM datanets d LIMIT 2",
+        )
+        .unwrap();
+    assert_eq!(none[0].column_by_name("x").unwrap().null_count(), none[0].num_rows());
+    let many = sql.query_blocking(
+        "SELECT d.datanet, (SELECT c.contributor FROM contributions c WHERE c.datanet = d.datanet) \
+         FROM datanets d",
+    );
+    assert_eq!(sqlstate(many), "21000");
+    // A condition on the outer row alone, inside the subquery (SQLAlchemy's get_columns).
+    let flagged = sql
+        .query_blocking(
+            "SELECT c.contribution, (SELECT d.owner FROM datanets d WHERE c.revoked AND d.datanet = c.datanet) AS owner \
+             FROM contributions c ORDER BY c.contribution",
+        )
+        .unwrap();
+    let revoked = count(&sql, "SELECT count(*) AS n FROM contributions WHERE revoked");
+    let owners =
+        flagged.iter().map(|b| b.num_rows() - b.column_by_name("owner").unwrap().null_count());
+    assert_eq!(owners.sum::<usize>() as i64, revoked);
+    // A value that reads the outer row too; no row is NULL whatever the expression.
+    let lifted = sql
+        .query_blocking(
+            "SELECT c.contribution, (SELECT d.owner || '/' || c.contributor FROM datanets d \
+             WHERE d.datanet = c.datanet) AS x FROM contributions c ORDER BY c.contribution LIMIT 5",
+        )
+        .unwrap();
+    let joined = sql
+        .query_blocking(
+            "SELECT c.contribution, d.owner || '/' || c.contributor AS x FROM contributions c \
+             JOIN datanets d ON d.datanet = c.datanet ORDER BY c.contribution LIMIT 5",
+        )
+        .unwrap();
+    assert_eq!(col_str(&lifted, "x"), col_str(&joined, "x"));
+    let empty = sql
+        .query_blocking(
+            "SELECT (SELECT coalesce(d.owner, c.contributor) FROM datanets d \
+             WHERE d.datanet = c.contribution) AS x FROM contributions c LIMIT 3",
+        )
+        .unwrap();
+    assert_eq!(empty[0].column_by_name("x").unwrap().null_count(), empty[0].num_rows());
+    // Uncorrelated, with a parameter-free inner query: its one value.
+    let max = count(&sql, "SELECT (SELECT max(fee) FROM inferences) AS n");
+    assert_eq!(max, count(&sql, "SELECT max(fee) AS n FROM inferences"));
+    // Uncorrelated: no row is NULL (not an error), two rows are 21000 (not the first one).
+    let nothing =
+        sql.query_blocking("SELECT (SELECT fee FROM inferences WHERE inference = 'none') AS x");
+    assert_eq!(nothing.unwrap()[0].column(0).null_count(), 1);
+    assert_eq!(sqlstate(sql.query_blocking("SELECT (SELECT fee FROM inferences) AS x")), "21000");
+}
+
+#[test]
+fn names_cast_to_oid_types_resolve_with_or_without_their_schema() {
+    let (_dir, sql) = demo();
+    let Ok(()) = sql.database().runtime().block_on(sql.add_postgres_catalog()) else {
+        panic!("the catalog")
+    };
+    let oids = |q: &str| col_i64(&sql.query_blocking(q).unwrap(), "n");
+    let plain = oids("SELECT CAST('array_in'::regproc AS BIGINT) AS n");
+    assert_eq!(plain, oids("SELECT CAST('pg_catalog.array_in'::regproc AS BIGINT) AS n"));
+    assert!(plain[0] > 0);
+    let balances = oids("SELECT CAST('balances'::regclass AS BIGINT) AS n");
+    assert_eq!(balances, oids("SELECT CAST('public.balances'::regclass AS BIGINT) AS n"));
+}

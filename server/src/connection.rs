@@ -201,7 +201,7 @@ impl Connection {
         match outcome.map_err(query_error)? {
             Outcome::Rows(df) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                crate::rows::respond(df, job.format, options, interrupt).await
+                crate::rows::respond(statement, df, job.format, options, interrupt).await
             }
             Outcome::Done(done) => {
                 // PostgreSQL's INSERT tag carries an oid (always 0) before the row count.
@@ -215,6 +215,7 @@ impl Connection {
                 }))
             }
             Outcome::CopyIn(copy) => Ok(self.start_copy(copy)),
+            Outcome::CopyOut(copy) => crate::rows::copy_out(client, copy, interrupt).await,
             Outcome::Setting => {
                 let result = self.setting(client, statement).await;
                 if result.is_err() {
@@ -463,11 +464,8 @@ impl QueryParser for Parser {
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.plan {
             Some(plan) if !matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Ddl(_)) => {
-                arrow_schema_to_pg_fields(
-                    plan.schema().as_arrow(),
-                    format.unwrap_or(&Format::UnifiedText),
-                    None,
-                )
+                let schema = tally_query::result_schema(&stmt.statement, plan.schema().as_arrow());
+                arrow_schema_to_pg_fields(&schema, format.unwrap_or(&Format::UnifiedText), None)
             }
             _ => Ok(vec![]),
         }

@@ -3,7 +3,9 @@
 //! the server one batch of memory at a time (the socket's backpressure paces the query). The
 //! statement's `Interrupt` travels with the stream: a timeout or a cancel stops it mid-result.
 //! Errors keep their SQLSTATE (`QueryError::sqlstate`), also when they arise mid-stream.
+//! `COPY … TO STDOUT` streams the same way, one CopyData per row.
 
+use std::fmt::Debug;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,27 +13,32 @@ use std::task::{Context, Poll};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::DataFrame;
+use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::pgwire;
-use futures::{Stream, StreamExt};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use pgwire::api::portal::Format;
-use pgwire::api::results::{QueryResponse, Response};
-use pgwire::error::PgWireResult;
+use pgwire::api::results::{QueryResponse, Response, Tag};
+use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
+use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
-use tally_query::QueryError;
+use tally_query::{CopyOut, QueryError};
 
 use crate::connection::query_error;
 use crate::interrupt::Interrupt;
 
-/// Starts `df` and answers with its rows as a stream.
+/// Starts `df` and answers with its rows as a stream, its columns named as the query layer
+/// names them for `statement` (PostgreSQL's names).
 pub(crate) async fn respond(
+    statement: &Statement,
     df: DataFrame,
     format: &Format,
     options: Arc<FormatOptions>,
     mut interrupt: Interrupt,
 ) -> PgWireResult<Response> {
-    let fields =
-        Arc::new(arrow_schema_to_pg_fields(df.schema().as_arrow(), format, Some(options))?);
+    let schema = tally_query::result_schema(statement, df.schema().as_arrow());
+    let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
     let batches = interrupt
         .run(async { df.execute_stream().await.map_err(|e| query_error(QueryError::from(e))) })
         .await?;
@@ -80,4 +87,46 @@ impl Stream for Guarded {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Streams a `COPY … TO STDOUT` to the client as PostgreSQL does: CopyOutResponse, the header
+/// line and then one CopyData per row, CopyDone; answers with the `COPY n` tag to complete it.
+/// An error mid-way (a damaged record, the statement's time limit) is answered as an error,
+/// which ends the copy on the client's side.
+pub(crate) async fn copy_out<C>(
+    client: &mut C,
+    copy: CopyOut,
+    mut interrupt: Interrupt,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let CopyOut { frame, encoder } = copy;
+    let batches = interrupt
+        .run(async { frame.execute_stream().await.map_err(|e| query_error(QueryError::from(e))) })
+        .await?;
+    let columns = encoder.columns();
+    let start = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
+    client.send(PgWireBackendMessage::CopyOutResponse(start)).await?;
+    if let Some(header) = encoder.header() {
+        client.feed(PgWireBackendMessage::CopyData(CopyData::new(header.into()))).await?;
+    }
+    let mut guarded = Guarded { batches, interrupt, done: false };
+    let (mut rows, mut ends) = (0usize, Vec::new());
+    while let Some(batch) = guarded.next().await {
+        let lines = encoder.encode(&batch?, &mut ends).map_err(query_error)?;
+        let lines = bytes::Bytes::from(lines);
+        let mut at = 0;
+        for end in &ends {
+            let line = lines.slice(at..*end);
+            client.feed(PgWireBackendMessage::CopyData(CopyData::new(line))).await?;
+            at = *end;
+        }
+        rows += ends.len();
+        client.flush().await?;
+    }
+    client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
+    Ok(Response::Execution(Tag::new("COPY").with_rows(rows)))
 }

@@ -193,6 +193,49 @@ public class Jdbc {
                   "(" + typeNames.get("revoked") + " " + cols.get("revoked") + ")");
         });
 
+        // What a BI tool (DBeaver, Metabase) does on connect: schemas, types, then every table's
+        // columns, keys and indexes.
+        section("metadata walk", () -> {
+            DatabaseMetaData md = conn.getMetaData();
+            int schemas = 0;
+            try (ResultSet rs = md.getSchemas()) {
+                while (rs.next()) schemas++;
+            }
+            check("getSchemas", schemas > 0, "");
+            int types = 0;
+            try (ResultSet rs = md.getTypeInfo()) {
+                while (rs.next()) types++;
+            }
+            check("getTypeInfo", types > 0, "");
+            List<String> tables = new ArrayList<>();
+            try (ResultSet rs = md.getTables(null, "public", "%", new String[] {"TABLE"})) {
+                while (rs.next()) tables.add(rs.getString("TABLE_NAME"));
+            }
+            check("getTables(public) lists the read-only tables too",
+                  tables.contains("balances") && tables.contains("events") && tables.contains("attributions"),
+                  "(got " + tables + ")");
+            for (String t : tables) {
+                int columns = 0;
+                try (ResultSet rs = md.getColumns(null, "public", t, "%")) {
+                    while (rs.next()) {
+                        columns++;
+                        rs.getString("TYPE_NAME");
+                        rs.getInt("NULLABLE");
+                    }
+                }
+                check("getColumns(" + t + ")", columns >= 2, "(" + columns + " columns)");
+                try (ResultSet rs = md.getPrimaryKeys(null, "public", t)) {
+                    check("getPrimaryKeys(" + t + ") is empty", !rs.next(), "");
+                }
+                try (ResultSet rs = md.getImportedKeys(null, "public", t)) {
+                    check("getImportedKeys(" + t + ") is empty", !rs.next(), "");
+                }
+                try (ResultSet rs = md.getIndexInfo(null, "public", t, false, true)) {
+                    check("getIndexInfo(" + t + ") is empty", !rs.next(), "");
+                }
+            }
+        });
+
         section("refusals", () -> {
             expectError(conn, "UPDATE contributions", "25006",
                         "UPDATE contributions SET contributor = 'mallory' WHERE datanet = '" + dn + "'");

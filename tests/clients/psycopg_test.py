@@ -217,6 +217,29 @@ def copy_from_stdin():
 
 
 @section
+def copy_to_stdout():
+    cur = conn.cursor()
+    # COPY (query) TO STDOUT in text: rows as psycopg parses them back, one CopyData per row.
+    with cur.copy("COPY (SELECT inference, fee FROM inferences WHERE consumer = 'u-csv' "
+                  "ORDER BY inference) TO STDOUT") as cp:
+        got = [tuple(r) for r in cp.rows()]
+    want = [(f"{RUN}-csv{i}", str(7 * i)) for i in sorted(range(1, 11), key=lambda i: f"{RUN}-csv{i}")]
+    check("COPY (SELECT …) TO STDOUT: the rows", got == want, f"got {got[:3]}, want {want[:3]}")
+    check("COPY TO STDOUT's tag counts the rows", cur.rowcount == 10, f"rowcount={cur.rowcount}")
+    # COPY table (columns) TO STDOUT as CSV with a header, as an export reads it.
+    data = b""
+    with cur.copy("COPY models (model, owner, base_model) TO STDOUT WITH (FORMAT csv, HEADER)") as cp:
+        for chunk in cp:
+            data += bytes(chunk)
+    lines = data.decode().splitlines()
+    n = scalar(conn, "SELECT count(*) FROM models")
+    check("COPY models TO STDOUT CSV: header and every model", lines[0] == "model,owner,base_model"
+          and len(lines) == n + 1, f"{lines[:3]} ({len(lines)} lines, {n} models)")
+    # A reader may export; a file target stays refused.
+    expect_error(conn, "COPY … TO a file", "42501", "COPY models TO '/tmp/models.csv'")
+
+
+@section
 def transactions():
     # explicit blocks on an autocommit connection
     with conn.transaction():
