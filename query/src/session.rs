@@ -227,9 +227,12 @@ impl Sql {
         let plan = self.ctx.state().optimize(&uncast_insert(plan)?)?;
         let names = reads_of(&plan)?;
         // Copying the engine's tables is CPU work. The tables with a row per contribution or
-        // per account and epoch are copied off the async workers; the rest are small, and a
-        // hop to a blocking thread would cost more than the copy (about 0.1 ms a statement).
-        let large = ["contributions", "rewards", "payouts"].iter().any(|t| names.contains_key(*t));
+        // per account and epoch are copied off the async workers, unless only named keys
+        // are read; the rest are small, and a hop to a blocking thread would cost more than
+        // the copy (about 0.1 ms a statement).
+        let large = ["contributions", "rewards", "payouts"]
+            .iter()
+            .any(|t| names.get(*t).is_some_and(|r| r.keys.is_none()));
         let snapshot = if large {
             let this = self.clone();
             tokio::task::spawn_blocking(move || this.snapshot(&names))
@@ -266,7 +269,11 @@ impl Sql {
             .iter()
             .filter_map(|t| names.get(*t).map(|r| (*t, r.keys.as_ref())))
             .collect();
-        let (built, pinned) = self.db.read(|l| {
+        let inference_keys = ["inferences", "attributions"]
+            .iter()
+            .filter_map(|t| names.get(*t).and_then(|r| r.keys.as_ref()))
+            .flatten();
+        let (built, pinned, at_inferences) = self.db.read(|l| {
             let built = wanted
                 .iter()
                 .map(|(t, keys)| {
@@ -277,20 +284,35 @@ impl Sql {
                     batch.expect("a known table").map(|b| (*t, b))
                 })
                 .collect::<Result<Vec<_>, _>>();
-            (built, l.last_lsn())
+            let lsns: BTreeSet<u64> = inference_keys.flat_map(|id| l.inference_lsns(id)).collect();
+            (built, l.last_lsn(), lsns)
         });
         snapshot.tables.extend(built?);
         if names.contains_key("cluster") {
             snapshot.tables.insert("cluster", tables::cluster(&self.db.cluster_status())?);
         }
         for name in ["events", "inferences", "attributions"] {
-            if let Some(Reads { lsns: r, .. }) = names.get(name) {
+            if let Some(Reads { lsns: r, keys }) = names.get(name) {
+                // Named inferences are read where the fingerprint table says they are (the
+                // scan's filter then keeps exactly those ids), not searched for in the log.
+                let r = match keys {
+                    Some(_) => r.intersect(at(&at_inferences)),
+                    None => *r,
+                };
                 let range = LsnRange { from: r.from.max(1), to: r.to.min(pinned) };
                 let stretch = LogStretch { db: self.db.clone(), range, chunk: self.log_chunk };
                 snapshot.logs.insert(name, stretch);
             }
         }
         Ok(snapshot)
+    }
+}
+
+/// The stretch of lsns that holds `lsns` (empty when there are none).
+fn at(lsns: &BTreeSet<u64>) -> LsnRange {
+    match (lsns.first(), lsns.last()) {
+        (Some(first), Some(last)) => LsnRange { from: *first, to: *last },
+        _ => LsnRange { from: 1, to: 0 },
     }
 }
 
@@ -473,6 +495,33 @@ mod tests {
         let statement = Sql::parse(q).unwrap().statements.remove(0);
         let plan = rt.block_on(sql.plan(&statement)).unwrap();
         reads_of(&sql.ctx.state().optimize(&plan).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_named_inference_is_read_at_its_lsn_only() {
+        use datafusion::arrow::array::AsArray;
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::open(dir.path()).unwrap());
+        for batch in tally_workload::Generator::new(tally_workload::Shape::demo(2, 500)) {
+            db.write(batch).unwrap();
+        }
+        let sql = Sql::new(db).unwrap();
+        let found = sql.query_blocking("SELECT inference, lsn FROM inferences LIMIT 1").unwrap();
+        let found = found.iter().find(|b| b.num_rows() > 0).expect("an inference");
+        let id = found.column(0).as_string::<i32>().value(0).to_owned();
+        let lsn = found.column(1).as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let lsn = lsn.value(0) as u64;
+        for table in ["attributions", "inferences"] {
+            let q = format!("SELECT * FROM {table} WHERE inference = '{id}'");
+            let snapshot = sql.snapshot(&reads(&sql, &q)).unwrap();
+            let range = snapshot.logs[table].range;
+            assert_eq!((range.from, range.to), (lsn, lsn), "{table}");
+        }
+        let q = "SELECT * FROM attributions WHERE inference = 'never-written'";
+        let range = sql.snapshot(&reads(&sql, q)).unwrap().logs["attributions"].range;
+        assert!(range.from > range.to, "nothing to read: {range:?}");
+        let whole = sql.snapshot(&reads(&sql, "SELECT * FROM attributions")).unwrap();
+        assert_eq!(whole.logs["attributions"].range.to, sql.db.read(|l| l.last_lsn()));
     }
 
     #[test]

@@ -310,6 +310,9 @@ pub type InferenceStretch = (Option<RecordBatch>, Option<RecordBatch>, Option<Sc
 pub fn key_column(table: &str) -> Option<&'static str> {
     match table {
         "balances" => Some("account"),
+        "contributions" => Some("contribution"),
+        // Read from the log: the key narrows the stretch read to the inference's lsn.
+        "inferences" | "attributions" => Some("inference"),
         _ => None,
     }
 }
@@ -327,8 +330,42 @@ pub fn build_keyed(
                 keys.iter().filter_map(|k| l.balance(k)).filter(|b| b.earned > 0).collect();
             Some(balances_batch(&rows))
         }
+        "contributions" => {
+            let rows: Vec<_> = keys.iter().filter_map(|k| l.contribution(k)).collect();
+            Some(contributions_batch(&rows))
+        }
         _ => None,
     }
+}
+
+fn contributions_batch(
+    rows: &[tally_engine::ContributionView<'_>],
+) -> Result<RecordBatch, ArrowError> {
+    let hashes: Vec<String> = rows.iter().map(|r| merkle::to_hex(&r.content_hash)).collect();
+    batch(
+        vec![
+            text("contribution"),
+            text("datanet"),
+            text("contributor"),
+            text("content_hash"),
+            bigint("lsn"),
+            Field::new("revoked", DataType::Boolean, false),
+            bigint_null("revoked_lsn"),
+            bigint("inferences"),
+            bigint("earned"),
+        ],
+        vec![
+            strings(rows.iter().map(|r| r.contribution)),
+            strings(rows.iter().map(|r| r.datanet)),
+            strings(rows.iter().map(|r| r.contributor)),
+            strings(hashes.iter().map(String::as_str)),
+            ints(rows.iter().map(|r| r.lsn)),
+            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.revoked_lsn.is_some())))),
+            Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.revoked_lsn.map(|v| v as i64)))),
+            ints(rows.iter().map(|r| r.inferences)),
+            ints(rows.iter().map(|r| r.earned)),
+        ],
+    )
 }
 
 fn balances_batch(rows: &[tally_engine::BalanceView<'_>]) -> Result<RecordBatch, ArrowError> {
@@ -367,39 +404,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
                 ],
             )
         }
-        "contributions" => {
-            let rows: Vec<_> = l.contributions().collect();
-            let hashes: Vec<String> =
-                rows.iter().map(|r| merkle::to_hex(&r.content_hash)).collect();
-            batch(
-                vec![
-                    text("contribution"),
-                    text("datanet"),
-                    text("contributor"),
-                    text("content_hash"),
-                    bigint("lsn"),
-                    Field::new("revoked", DataType::Boolean, false),
-                    bigint_null("revoked_lsn"),
-                    bigint("inferences"),
-                    bigint("earned"),
-                ],
-                vec![
-                    strings(rows.iter().map(|r| r.contribution)),
-                    strings(rows.iter().map(|r| r.datanet)),
-                    strings(rows.iter().map(|r| r.contributor)),
-                    strings(hashes.iter().map(String::as_str)),
-                    ints(rows.iter().map(|r| r.lsn)),
-                    Arc::new(BooleanArray::from_iter(
-                        rows.iter().map(|r| Some(r.revoked_lsn.is_some())),
-                    )),
-                    Arc::new(Int64Array::from_iter(
-                        rows.iter().map(|r| r.revoked_lsn.map(|v| v as i64)),
-                    )),
-                    ints(rows.iter().map(|r| r.inferences)),
-                    ints(rows.iter().map(|r| r.earned)),
-                ],
-            )
-        }
+        "contributions" => contributions_batch(&l.contributions().collect::<Vec<_>>()),
         "models" => {
             let rows: Vec<_> = l.models().collect();
             let lists: Vec<String> = rows.iter().map(|r| r.datanets.join(",")).collect();

@@ -646,3 +646,55 @@ fn names_cast_to_oid_types_resolve_with_or_without_their_schema() {
     let balances = oids("SELECT CAST('balances'::regclass AS BIGINT) AS n");
     assert_eq!(balances, oids("SELECT CAST('public.balances'::regclass AS BIGINT) AS n"));
 }
+
+#[test]
+fn one_inference_is_read_where_it_is_not_searched_for() {
+    let (_dir, sql) = demo();
+    let ids = col_str(
+        &sql.query_blocking("SELECT inference FROM inferences ORDER BY lsn DESC LIMIT 3").unwrap(),
+        "inference",
+    );
+    for id in &ids {
+        let q = |table: &str| format!("SELECT * FROM {table} WHERE inference = '{id}'");
+        let named = sql.query_blocking(&q("attributions")).unwrap();
+        let scanned = sql
+            .query_blocking(&format!("SELECT * FROM attributions WHERE inference || '' = '{id}'"))
+            .unwrap();
+        let rows = |b: &[RecordBatch]| b.iter().map(RecordBatch::num_rows).sum::<usize>();
+        assert!(rows(&named) > 0);
+        assert_eq!(col_str(&named, "contribution"), col_str(&scanned, "contribution"));
+        assert_eq!(rows(&sql.query_blocking(&q("inferences")).unwrap()), 1);
+    }
+    assert_eq!(
+        count(&sql, "SELECT count(*) AS n FROM attributions WHERE inference = 'never-written'"),
+        0
+    );
+}
+
+#[test]
+fn contribution_lookups_by_id_agree_with_the_whole_table() {
+    let (_dir, sql) = demo();
+    let ids = col_str(
+        &sql.query_blocking("SELECT contribution FROM contributions ORDER BY earned DESC LIMIT 5")
+            .unwrap(),
+        "contribution",
+    );
+    for id in ids.iter().map(String::as_str).chain(["no-such-contribution"]) {
+        let cols =
+            "contribution, datanet, contributor, content_hash, lsn, revoked, inferences, earned";
+        let keyed = sql
+            .query_blocking(&format!(
+                "SELECT {cols} FROM contributions WHERE contribution = '{id}'"
+            ))
+            .unwrap();
+        let scanned = sql
+            .query_blocking(&format!(
+                "SELECT {cols} FROM contributions WHERE contribution || '' = '{id}'"
+            ))
+            .unwrap();
+        let show = |b: &[RecordBatch]| {
+            datafusion::arrow::util::pretty::pretty_format_batches(b).unwrap().to_string()
+        };
+        assert_eq!(show(&keyed), show(&scanned), "{id}");
+    }
+}
