@@ -29,11 +29,43 @@ use crate::{Access, CopyIn, CopyOut, QueryError, Sql};
 /// be interrupted, so it must not hold up the threads that serve every connection.
 pub const HEAVY_DEPTH: usize = 64;
 
+/// A statement's plan, kept by the extended protocol from Parse to each Execute.
+#[derive(Debug, Clone)]
+pub enum Planned {
+    /// As planned from SQL; analyzed and optimized when it runs (a write's values are
+    /// checked as written first).
+    Logical(LogicalPlan),
+    /// A query's plan, analyzed and optimized once (at Parse): each Execute only binds its
+    /// parameters and runs it. `parameters` are the types planned from the SQL (the
+    /// optimizer may fold a placeholder away; the client still sends it).
+    Optimized { plan: LogicalPlan, parameters: ParameterTypes },
+}
+
+/// The placeholders of a plan (`$1`, …) and the type each was planned as, if known.
+pub type ParameterTypes = std::collections::HashMap<String, Option<DataType>>;
+
+impl Planned {
+    /// The plan (its output schema is the same at either stage).
+    pub fn plan(&self) -> &LogicalPlan {
+        match self {
+            Planned::Logical(p) | Planned::Optimized { plan: p, .. } => p,
+        }
+    }
+
+    /// The statement's placeholders and their types, as planned from its SQL.
+    pub fn parameter_types(&self) -> Result<ParameterTypes, QueryError> {
+        match self {
+            Planned::Logical(p) => Ok(p.get_parameter_types()?),
+            Planned::Optimized { parameters, .. } => Ok(parameters.clone()),
+        }
+    }
+}
+
 /// One statement to run.
 pub struct Request<'a> {
     pub statement: &'a Statement,
     /// Planned already (the extended protocol plans at Parse); else planned here.
-    pub plan: Option<LogicalPlan>,
+    pub plan: Option<Planned>,
     /// Values for its placeholders (`$1`).
     pub params: Option<ParamValues>,
     /// Its text nests deeper than `HEAVY_DEPTH` (`Parsed::heavy`).
@@ -187,31 +219,50 @@ impl Sql {
     async fn plan_bind_run(
         &self,
         statement: &Statement,
-        plan: Option<LogicalPlan>,
+        plan: Option<Planned>,
         params: Option<ParamValues>,
     ) -> Result<Output, QueryError> {
-        let plan = match plan {
+        let planned = match plan {
             Some(p) => p,
-            None => self.plan(statement).await?,
+            None => Planned::Logical(self.plan(statement).await?),
         };
-        let plan = match params {
-            Some(p) => plan.replace_params_with_values(&p)?,
-            None => plan,
+        let bind = |plan: LogicalPlan| match &params {
+            Some(p) => plan.replace_params_with_values(p),
+            None => Ok(plan),
         };
-        self.run(plan).await
+        let planned = match planned {
+            Planned::Logical(plan) => Planned::Logical(bind(plan)?),
+            Planned::Optimized { plan, parameters } if params.is_some() => {
+                Planned::Optimized { plan: self.rebind(bind(plan)?)?, parameters }
+            }
+            optimized @ Planned::Optimized { .. } => optimized,
+        };
+        self.run(planned).await
     }
 
-    /// Plans a statement, a heavy one (`HEAVY_DEPTH`) on a blocking thread.
+    /// Plans a statement for Parse, a heavy one (`HEAVY_DEPTH`) on a blocking thread; a query
+    /// is optimized too, once, so that each Execute only binds and runs it.
     pub async fn plan_request(
         &self,
         statement: &Statement,
         heavy: bool,
-    ) -> Result<LogicalPlan, QueryError> {
+    ) -> Result<Planned, QueryError> {
         if !heavy {
-            return self.plan(statement).await;
+            return self.prepare(statement).await;
         }
         let (this, statement) = (self.clone(), statement.clone());
-        self.on_blocking_thread(async move { this.plan(&statement).await }).await
+        self.on_blocking_thread(async move { this.prepare(&statement).await }).await
+    }
+
+    async fn prepare(&self, statement: &Statement) -> Result<Planned, QueryError> {
+        let plan = self.plan(statement).await?;
+        Ok(match statement {
+            Statement::Query(_) if binds_in_place(&plan)? => {
+                let parameters = plan.get_parameter_types()?;
+                Planned::Optimized { plan: self.optimize(&plan)?, parameters }
+            }
+            _ => Planned::Logical(plan),
+        })
     }
 
     /// Runs `work` on a blocking thread, at most one per core at a time. If the caller stops
@@ -279,6 +330,28 @@ impl Sql {
     pub fn query_blocking(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
         self.database().runtime().block_on(self.query(sql))
     }
+}
+
+/// Whether a plan may be optimized before its parameters are bound: its placeholders are all
+/// in filters and projections, where a bound value needs only type coercion and
+/// simplification (`Sql::rebind`). One elsewhere (`LIMIT $1`, a join key, an aggregate's
+/// argument) may decide what the optimizer does (`LIMIT 0` is no rows at all): such a plan is
+/// optimized once bound.
+fn binds_in_place(plan: &LogicalPlan) -> Result<bool, QueryError> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut in_place = true;
+    plan.apply_with_subqueries(|node| {
+        let placeholders = node.expressions().iter().any(|e| {
+            e.exists(|e| Ok(matches!(e, datafusion::logical_expr::Expr::Placeholder(_))))
+                .unwrap_or(true)
+        });
+        if placeholders && !matches!(node, LogicalPlan::Filter(_) | LogicalPlan::Projection(_)) {
+            in_place = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(in_place)
 }
 
 fn count_batch(n: u64) -> Result<Vec<RecordBatch>, QueryError> {

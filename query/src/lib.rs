@@ -31,7 +31,7 @@ pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_B
 pub use copy::{CopyIn, MAX_COPY_BYTES};
 pub use copy_out::{CopyEncoder, CopyOut};
 pub use error::QueryError;
-pub use execute::{Done, Outcome, Request, HEAVY_DEPTH};
+pub use execute::{Done, Outcome, Planned, Request, HEAVY_DEPTH};
 pub use ingest::{DryRun, PendingBatch, MAX_DRY_RUN_ROWS};
 pub use postgres::POSTGRES_VERSION;
 pub use session::{Access, Parsed, Sql, QUERY_MEMORY_BYTES};

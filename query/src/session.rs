@@ -14,9 +14,12 @@ use std::sync::Arc;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{
     DmlStatement, Expr, LogicalPlan, LogicalPlanBuilder, Projection, WriteOp,
 };
+use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
+use datafusion::optimizer::Optimizer;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query, SetExpr, Statement, TableObject};
@@ -27,6 +30,7 @@ use tokio::sync::Semaphore;
 
 use crate::complexity::check_statement_text;
 use crate::copy::CopyIn;
+use crate::execute::Planned;
 use crate::provider::{lsn_bound, LedgerTable, LogStretch, LsnRange, Snapshot, Written};
 use crate::{row, tables, QueryError};
 
@@ -222,9 +226,28 @@ impl Sql {
     }
 
     /// Runs a planned statement against a snapshot of the tables it reads.
-    pub(crate) async fn run(&self, plan: LogicalPlan) -> Result<Output, QueryError> {
+    /// What a plan optimized with placeholders needs once their values are bound: analysis
+    /// again (type coercion above all: a value may come with another type than its
+    /// placeholder was planned as) and expression simplification (a bound `LIMIT $1` must be
+    /// a plain number again). The rest of the optimizer's work stands.
+    pub(crate) fn rebind(&self, plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
+        let state = self.ctx.state();
+        let plan = state.analyzer().execute_and_check(plan, state.config_options(), |_, _| {})?;
+        let simplify = Optimizer::with_rules(vec![Arc::new(SimplifyExpressions::new())]);
+        Ok(simplify.optimize(plan, &state, |_, _| {})?)
+    }
+
+    /// Analyzes and optimizes a plan (filters then sit in the scans they were pushed to).
+    pub(crate) fn optimize(&self, plan: &LogicalPlan) -> Result<LogicalPlan, QueryError> {
+        Ok(self.ctx.state().optimize(plan)?)
+    }
+
+    pub(crate) async fn run(&self, planned: Planned) -> Result<Output, QueryError> {
         // Optimized first, so that filters sit in the scans they were pushed down to.
-        let plan = self.ctx.state().optimize(&uncast_insert(plan)?)?;
+        let plan = match planned {
+            Planned::Logical(plan) => self.optimize(&uncast_insert(plan)?)?,
+            Planned::Optimized { plan, .. } => plan,
+        };
         let names = reads_of(&plan)?;
         // Copying the engine's tables is CPU work. The tables with a row per contribution or
         // per account and epoch are copied off the async workers, unless only named keys
@@ -243,7 +266,12 @@ impl Sql {
         };
         let snapshot = Arc::new(snapshot);
         let written = Arc::new(Written::default());
-        let mut state = self.ctx.state();
+        // The plan is analyzed and optimized already: the state that turns it into a physical
+        // plan does neither again (DataFusion would otherwise run every rule a second time).
+        let mut state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_analyzer_rules(vec![])
+            .with_optimizer_rules(vec![])
+            .build();
         state.config_mut().set_extension(snapshot);
         state.config_mut().set_extension(written.clone());
         let is_insert =

@@ -42,7 +42,8 @@ use pgwire::messages::simplequery::Query;
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
 use tally_query::{
-    Access, CopyIn, Outcome, Parsed, QueryError, Request, Session, Sql, Status, MAX_COPY_BYTES,
+    Access, CopyIn, Outcome, Parsed, Planned, QueryError, Request, Session, Sql, Status,
+    MAX_COPY_BYTES,
 };
 
 use crate::interrupt::Interrupt;
@@ -82,7 +83,9 @@ struct CopyState {
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     statement: Statement,
-    plan: Option<LogicalPlan>,
+    plan: Option<Planned>,
+    /// The types of its parameters (`$1` first), as planned.
+    parameters: Vec<Option<DataType>>,
     heavy: bool,
 }
 
@@ -128,8 +131,8 @@ fn access<C: ClientInfo + ?Sized>(client: &C) -> Access {
 
 /// The statement's parameter types by position (`$1` first). Refused past `MAX_PARAMETERS`
 /// before anything is sized by the highest `$N`.
-fn ordered_parameter_types(plan: &LogicalPlan) -> PgWireResult<Vec<Option<DataType>>> {
-    let types = plan.get_parameter_types().map_err(|e| query_error(e.into()))?;
+fn ordered_parameter_types(plan: &Planned) -> PgWireResult<Vec<Option<DataType>>> {
+    let types = plan.parameter_types().map_err(query_error)?;
     let mut ids: Vec<(usize, Option<DataType>)> = Vec::with_capacity(types.len());
     for (id, t) in types {
         let n = id.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX);
@@ -430,25 +433,24 @@ impl QueryParser for Parser {
         let plan = if let Some(p) =
             SetShowHook.handle_extended_parse_query(&statement, ctx, client).await
         {
-            Some(p?)
+            Some(Planned::Logical(p?))
         } else if plannable {
             // Refusals come first, as in the simple protocol.
             Sql::check(&statement, access(client)).map_err(query_error)?;
             let plan = self.shared.sql.plan_request(&statement, heavy).await;
-            let plan = plan.map_err(query_error)?;
-            ordered_parameter_types(&plan)?;
-            Some(plan)
+            Some(plan.map_err(query_error)?)
         } else {
             None
         };
-        Ok(Some(Prepared { statement, plan, heavy }))
+        let parameters = match &plan {
+            Some(p) => ordered_parameter_types(p)?,
+            None => Vec::new(),
+        };
+        Ok(Some(Prepared { statement, plan, parameters, heavy }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
-        let Some(plan) = &stmt.plan else {
-            return Ok(vec![]);
-        };
-        ordered_parameter_types(plan)?
+        stmt.parameters
             .iter()
             .map(|t| match t {
                 Some(t) => into_pg_type(t),
@@ -462,7 +464,7 @@ impl QueryParser for Parser {
         stmt: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        match &stmt.plan {
+        match stmt.plan.as_ref().map(Planned::plan) {
             Some(plan) if !matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Ddl(_)) => {
                 let schema = tally_query::result_schema(&stmt.statement, plan.schema().as_arrow());
                 arrow_schema_to_pg_fields(&schema, format.unwrap_or(&Format::UnifiedText), None)
@@ -563,8 +565,8 @@ impl ExtendedQueryHandler for Connection {
     {
         let prepared = &portal.statement.statement;
         let params = match &prepared.plan {
-            Some(plan) => {
-                let types = ordered_parameter_types(plan)?;
+            Some(_) => {
+                let types = &prepared.parameters;
                 // A parameter the client typed keeps the client's type: converting it to the
                 // planned type here would be lossy (NUMERIC 1001.9 → BIGINT 1001); the
                 // statement's own exact conversions (or comparisons) take it from there.
