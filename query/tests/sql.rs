@@ -699,80 +699,78 @@ fn contribution_lookups_by_id_agree_with_the_whole_table() {
     }
 }
 
+/// Runs `planned` (of `statement`) with `params` bound, as a reader; its rows sorted by
+/// `account` when `sort` (a plan without ORDER BY gives them in any order).
+fn run_bound(
+    sql: &Sql,
+    statement: &datafusion::sql::sqlparser::ast::Statement,
+    planned: &tally_query::Planned,
+    params: Vec<datafusion::scalar::ScalarValue>,
+    sort: bool,
+) -> Vec<RecordBatch> {
+    let rt = sql.database().runtime();
+    let params =
+        datafusion::common::ParamValues::List(params.into_iter().map(Into::into).collect());
+    let request =
+        Request { statement, plan: Some(planned.clone()), params: Some(params), heavy: false };
+    let mut session = Session::default();
+    let outcome = rt.block_on(sql.execute(&mut session, Access::Reader, request, pending()));
+    let Ok(Outcome::Rows(mut df)) = outcome else { panic!("rows") };
+    if sort {
+        df = df.sort_by(vec![datafusion::prelude::col("account")]).unwrap();
+    }
+    rt.block_on(df.collect()).unwrap()
+}
+
 #[test]
 fn a_query_planned_once_answers_each_binding_as_if_planned_afresh() {
-    use datafusion::common::ParamValues;
     use datafusion::scalar::ScalarValue;
     let (_dir, sql) = demo();
     let rt = sql.database().runtime();
     let show = |b: &[RecordBatch]| {
         datafusion::arrow::util::pretty::pretty_format_batches(b).unwrap().to_string()
     };
-    // A LIMIT $3 decides what the optimizer does (LIMIT 0 is no rows): planned, not optimized.
-    let limited = "SELECT account FROM balances ORDER BY account LIMIT $1";
-    let statement = Sql::parse(limited).unwrap().statements.remove(0);
-    let planned = rt.block_on(sql.plan_request(&statement, false)).unwrap();
+    let prepare = |text: &str| {
+        let statement = Sql::parse(text).unwrap().statements.remove(0);
+        let planned = rt.block_on(sql.plan_request(&statement, false)).unwrap();
+        (statement, planned)
+    };
+    // A LIMIT $n decides what the optimizer does (LIMIT 0 is no rows): planned, not optimized.
+    let (_, planned) = prepare("SELECT account FROM balances ORDER BY account LIMIT $1");
     assert!(matches!(planned, tally_query::Planned::Logical(_)));
-    let text = "SELECT account, earned FROM balances WHERE account = $1 OR earned > $2 \
-                ORDER BY earned DESC, account LIMIT $3";
-    let statement = Sql::parse(text).unwrap().statements.remove(0);
-    let planned = rt.block_on(sql.plan_request(&statement, false)).unwrap();
+    let (limited, planned) = prepare(
+        "SELECT account, earned FROM balances WHERE account = $1 OR earned > $2 \
+         ORDER BY earned DESC, account LIMIT $3",
+    );
     assert!(matches!(planned, tally_query::Planned::Logical(_)));
-    let filtered = "SELECT account, earned FROM balances WHERE account = $1 OR earned > $2";
-    let once_statement = Sql::parse(filtered).unwrap().statements.remove(0);
-    let once = rt.block_on(sql.plan_request(&once_statement, false)).unwrap();
+    let (filtered, once) =
+        prepare("SELECT account, earned FROM balances WHERE account = $1 OR earned > $2");
     assert!(matches!(once, tally_query::Planned::Optimized { .. }));
+    let fresh = |account: &str, earned: i64, tail: &str| {
+        sql.query_blocking(&format!(
+            "SELECT account, earned FROM balances WHERE account = '{account}' OR earned > {earned} {tail}"
+        ))
+        .unwrap()
+    };
     for (account, earned) in [("org-00", 30_000i16), ("none", 1_000), ("org-01", 0)] {
         // `earned` comes as a smallint: coerced once bound.
-        let params = ParamValues::List(vec![
-            ScalarValue::from(account).into(),
-            ScalarValue::Int16(Some(earned)).into(),
-        ]);
-        let request = Request {
-            statement: &once_statement,
-            plan: Some(once.clone()),
-            params: Some(params),
-            heavy: false,
-        };
-        let mut session = Session::default();
-        let outcome = rt.block_on(sql.execute(&mut session, Access::Reader, request, pending()));
-        let Ok(Outcome::Rows(df)) = outcome else { panic!("rows") };
-        let bound = rt
-            .block_on(df.sort_by(vec![datafusion::prelude::col("account")]).unwrap().collect())
-            .unwrap();
-        let fresh = sql
-            .query_blocking(&format!(
-                "SELECT account, earned FROM balances WHERE account = '{account}' OR earned > {earned} \
-                 ORDER BY account"
-            ))
-            .unwrap();
-        assert_eq!(show(&bound), show(&fresh), "{account} {earned}");
+        let params = vec![ScalarValue::from(account), ScalarValue::Int16(Some(earned))];
+        let bound = run_bound(&sql, &filtered, &once, params, true);
+        let expected = fresh(account, earned.into(), "ORDER BY account");
+        assert_eq!(show(&bound), show(&expected), "{account} {earned}");
     }
     for (account, earned, limit) in
         [("org-00", 10_000_000i64, 5i16), ("none", 1_000, 3), ("org-01", 0, 0)]
     {
         // The limit comes as a smallint, as a client may send it: it is coerced once bound.
-        let params = ParamValues::List(vec![
-            ScalarValue::from(account).into(),
-            ScalarValue::Int64(Some(earned)).into(),
-            ScalarValue::Int16(Some(limit)).into(),
-        ]);
-        let request = Request {
-            statement: &statement,
-            plan: Some(planned.clone()),
-            params: Some(params),
-            heavy: false,
-        };
-        let mut session = Session::default();
-        let outcome = rt.block_on(sql.execute(&mut session, Access::Reader, request, pending()));
-        let Ok(Outcome::Rows(df)) = outcome else { panic!("rows") };
-        let bound = rt.block_on(df.collect()).unwrap();
-        let fresh = sql
-            .query_blocking(&format!(
-                "SELECT account, earned FROM balances WHERE account = '{account}' OR earned > {earned} \
-                 ORDER BY earned DESC, account LIMIT {limit}"
-            ))
-            .unwrap();
-        assert_eq!(show(&bound), show(&fresh), "{account} {earned} {limit}");
+        let params = vec![
+            ScalarValue::from(account),
+            ScalarValue::Int64(Some(earned)),
+            ScalarValue::Int16(Some(limit)),
+        ];
+        let bound = run_bound(&sql, &limited, &planned, params, false);
+        let expected =
+            fresh(account, earned, &format!("ORDER BY earned DESC, account LIMIT {limit}"));
+        assert_eq!(show(&bound), show(&expected), "{account} {earned} {limit}");
     }
 }

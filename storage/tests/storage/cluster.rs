@@ -215,14 +215,21 @@ fn a_linearizable_read_on_a_follower_sees_a_write_made_on_the_leader() {
     }
 }
 
-/// 40 batches of 50 datanets: 2,000 events, enough to seal a few 64 KiB segments.
-fn write_2000_datanets(db: &Database) {
-    for k in 0..40 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "o".into() }))
+/// `batches` batches of `size` datanets `{prefix}-{k}-{j}`.
+fn write_datanets(db: &Database, prefix: &str, batches: usize, size: usize) {
+    for k in 0..batches {
+        let batch: Vec<Event> = (0..size)
+            .map(|j| {
+                Event::Datanet(Datanet { datanet: format!("{prefix}-{k}-{j}"), owner: "o".into() })
+            })
             .collect();
         db.write(batch).unwrap();
     }
+}
+
+/// 40 batches of 50 datanets: 2,000 events, enough to seal a 64 KiB segment.
+fn write_2000_datanets(db: &Database) {
+    write_datanets(db, "d", 40, 50);
 }
 
 /// Damage at rest: one bit flipped in the middle of sealed segment `path`'s records, in place
@@ -295,26 +302,14 @@ fn bits_flipped_in_a_followers_sealed_segments_under_load_are_healed_with_nothin
     let leader_id = dbs[0].cluster_status().leader.unwrap();
     let leader = dbs[leader_id as usize - 1].clone();
     write_2000_datanets(&leader);
-    for k in 0..80 {
-        let batch: Vec<Event> = (0..50)
-            .map(|j| Event::Datanet(Datanet { datanet: format!("e-{k}-{j}"), owner: "o".into() }))
-            .collect();
-        leader.write(batch).unwrap();
-    }
+    write_datanets(&leader, "e", 80, 50);
     let follower = dbs.iter().find(|d| d.cluster_status().id != leader_id).unwrap().clone();
     wait_for_lsn(&follower, 6000);
     // Writes go on through the follower (forwarded) while its sealed segments rot.
     let writing = {
         let follower = follower.clone();
         std::thread::spawn(move || {
-            for k in 0..40 {
-                let batch: Vec<Event> = (0..25)
-                    .map(|j| {
-                        Event::Datanet(Datanet { datanet: format!("l-{k}-{j}"), owner: "o".into() })
-                    })
-                    .collect();
-                follower.write(batch).unwrap();
-            }
+            write_datanets(&follower, "l", 40, 25);
         })
     };
     let sealed: Vec<_> = follower.log().with_log(|l| {
