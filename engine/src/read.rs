@@ -276,14 +276,11 @@ impl Ledger {
         self.epochs.iter().map(|e| e.inferences).sum()
     }
 
-    /// The lsns where inference `id` may be: the one where it is, if it was accepted, and
-    /// those of other ids sharing its 64-bit fingerprint (rare). The caller checks the id at
-    /// each (a read of the log); an id never accepted usually has none. Costs one probe of
-    /// the fingerprint table, whatever the ledger's size.
+    /// The lsns where inference `id` may be, in no order: the one where it is, if it was
+    /// accepted, and those of other ids sharing its 64-bit fingerprint (rare). The caller
+    /// checks the id at each (a read of the log); an id never accepted usually has none.
+    /// Costs one probe of the fingerprint table, whatever the ledger's size.
     pub fn inference_lsns(&self, id: &str) -> Vec<u64> {
-        let fp = crate::fingerprint::fingerprint(id);
-        let mut lsns: Vec<u64> = self.inference_ids.lsns_of(fp).collect();
-        lsns.sort_unstable();
-        lsns
+        self.inference_ids.lsns_of(crate::fingerprint::fingerprint(id)).collect()
     }
 }

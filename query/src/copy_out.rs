@@ -9,11 +9,10 @@
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::{CopySource, CopyTarget, Statement};
 
 use crate::copy::Format;
-use crate::QueryError;
+use crate::{QueryError, Rows};
 
 /// How timestamps are written (PostgreSQL's text output: a space, not a `T`).
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
@@ -21,7 +20,7 @@ const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 /// A `COPY … TO STDOUT` whose query is planned and ready to stream.
 pub struct CopyOut {
     /// The rows, in the order the query gives them.
-    pub frame: DataFrame,
+    pub frame: Rows,
     /// Encodes the frame's batches into COPY data.
     pub encoder: CopyEncoder,
 }
@@ -64,8 +63,8 @@ pub(crate) fn query_of(statement: &Statement) -> Option<Result<(Statement, Forma
 }
 
 impl CopyOut {
-    pub(crate) fn new(query: &Statement, frame: DataFrame, format: Format) -> CopyOut {
-        let schema = crate::result_schema(query, frame.schema().as_arrow());
+    pub(crate) fn new(query: &Statement, frame: Rows, format: Format) -> CopyOut {
+        let schema = crate::result_schema(query, &frame.schema());
         CopyOut { frame, encoder: CopyEncoder { format, schema } }
     }
 }

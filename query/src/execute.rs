@@ -15,13 +15,13 @@ use datafusion::arrow::array::{Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Statement;
 
 use crate::consistency::Consistency;
+use crate::direct::Direct;
 use crate::session::Output;
 use crate::transaction::Session;
-use crate::{Access, CopyIn, CopyOut, QueryError, Sql};
+use crate::{Access, CopyIn, CopyOut, QueryError, Rows, Sql};
 
 /// Statements whose expressions may nest deeper than this (`check_statement_text`) are planned
 /// on a blocking thread, at most one per core at a time: DataFusion's planning time grows with
@@ -38,7 +38,7 @@ pub enum Planned {
     /// A query's plan, analyzed and optimized once (at Parse): each Execute only binds its
     /// parameters and runs it. `parameters` are the types planned from the SQL (the
     /// optimizer may fold a placeholder away; the client still sends it).
-    Optimized { plan: LogicalPlan, parameters: ParameterTypes },
+    Optimized { plan: LogicalPlan, parameters: ParameterTypes, direct: Option<Arc<Direct>> },
 }
 
 /// The placeholders of a plan (`$1`, …) and the type each was planned as, if known.
@@ -81,8 +81,8 @@ impl<'a> Request<'a> {
 
 /// What a statement did.
 pub enum Outcome {
-    /// A query's rows, ready to run (lazily) against its own snapshot.
-    Rows(DataFrame),
+    /// A query's rows, ready to run (lazily) against its own snapshot, or read already.
+    Rows(Rows),
     /// A command done: its tag (`INSERT` with the rows written, `BEGIN`, `COMMIT`, …).
     Done(Done),
     /// `COPY … FROM STDIN`: the front end collects the data and calls `Sql::copy_in`.
@@ -190,13 +190,13 @@ impl Sql {
             stopped = &mut stop => return Err(stopped),
         };
         match (output, copy_out) {
-            (Output::Rows(df), Some((query, format))) => {
-                Ok(Outcome::CopyOut(CopyOut::new(&query, df, format)))
+            (Output::Rows(rows), Some((query, format))) => {
+                Ok(Outcome::CopyOut(CopyOut::new(&query, rows, format)))
             }
             (Output::Write { .. }, Some(_)) => {
                 Err(QueryError::Unsupported("COPY of a statement that writes".into()))
             }
-            (Output::Rows(df), None) => Ok(Outcome::Rows(df)),
+            (Output::Rows(rows), None) => Ok(Outcome::Rows(rows)),
             (Output::Write { table, events }, None) => {
                 let rows = self.write(session, table, events).await?;
                 Ok(Outcome::Done(Done { tag: "INSERT", rows: Some(rows) }))
@@ -230,10 +230,15 @@ impl Sql {
             Some(p) => plan.replace_params_with_values(p),
             None => Ok(plan),
         };
+        if let Planned::Optimized { direct: Some(direct), .. } = &planned {
+            if let Some(batch) = direct.read(self.database(), params.as_ref())? {
+                return Ok(Output::Rows(Rows::read(batch)));
+            }
+        }
         let planned = match planned {
             Planned::Logical(plan) => Planned::Logical(bind(plan)?),
-            Planned::Optimized { plan, parameters } if params.is_some() => {
-                Planned::Optimized { plan: self.rebind(bind(plan)?)?, parameters }
+            Planned::Optimized { plan, parameters, direct } if params.is_some() => {
+                Planned::Optimized { plan: self.rebind(bind(plan)?)?, parameters, direct }
             }
             optimized @ Planned::Optimized { .. } => optimized,
         };
@@ -259,7 +264,9 @@ impl Sql {
         Ok(match statement {
             Statement::Query(_) if binds_in_place(&plan)? => {
                 let parameters = plan.get_parameter_types()?;
-                Planned::Optimized { plan: self.optimize(&plan)?, parameters }
+                let plan = self.optimize(&plan)?;
+                let direct = self.direct(&plan).map(Arc::new);
+                Planned::Optimized { plan, parameters, direct }
             }
             _ => Planned::Logical(plan),
         })
@@ -295,10 +302,9 @@ impl Sql {
             let outcome =
                 self.execute(&mut session, Access::Writer, request, std::future::pending());
             last = match outcome.await? {
-                Outcome::Rows(df) => {
-                    let schema = crate::result_schema(statement, df.schema().as_arrow());
-                    let batches = df.collect().await;
-                    let batches = batches.map_err(|e| QueryError::from(e).unwrap_external())?;
+                Outcome::Rows(rows) => {
+                    let schema = crate::result_schema(statement, &rows.schema());
+                    let batches = rows.collect().await?;
                     let named = batches
                         .into_iter()
                         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()));

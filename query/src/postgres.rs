@@ -42,8 +42,9 @@ fn parser() -> &'static PostgresCompatibilityParser {
 /// a whole (its list of known driver queries) are taken as it rewrites them.
 pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
     let full = parser().parse(sql)?;
-    let lower = sql.to_ascii_lowercase();
-    let ours = lower.matches("select").count() > 1 || lower.contains("::reg");
+    // Only a statement with a subquery or an oid cast can need it (a look at the text, which
+    // is not copied: an INSERT's text may be hundreds of megabytes).
+    let ours = occurrences(sql, "select") > 1 || occurrences(sql, "::reg") > 0;
     if !ours {
         return Ok(full);
     }
@@ -60,6 +61,12 @@ pub(crate) fn parse(sql: &str) -> Result<Vec<Statement>, ParserError> {
             parser().rewrite(s)
         })
         .collect())
+}
+
+/// How many times `word` (lower-case ASCII) is in `text`, in any case.
+fn occurrences(text: &str, word: &str) -> usize {
+    let word = word.as_bytes();
+    text.as_bytes().windows(word.len()).filter(|w| w.eq_ignore_ascii_case(word)).count()
 }
 
 /// Whether `query` reads a table that is not PostgreSQL's catalog.
@@ -241,26 +248,20 @@ async fn register_to_regtype(sql: &Sql) -> Result<(), QueryError> {
 /// ledger's tables have no serial columns (`pg_get_serial_sequence` is NULL) and one collation
 /// (always visible); `json_build_object` is real.
 fn register_catalog_functions(sql: &Sql) {
-    let null_text = create_udf(
-        "pg_get_serial_sequence",
-        vec![DataType::Utf8, DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
-    );
-    sql.context().register_udf(null_text);
+    let null_text = |name: &str, args: Vec<DataType>| {
+        let null =
+            Arc::new(|_: &[ColumnarValue]| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None))));
+        create_udf(name, args, DataType::Utf8, Volatility::Stable, null)
+    };
+    sql.context()
+        .register_udf(null_text("pg_get_serial_sequence", vec![DataType::Utf8, DataType::Utf8]));
     sql.context().register_udf(current_setting());
     sql.context().register_udf(crate::set_functions::expandarray_rows());
     // pg_get_indexdef(index, column, pretty): no index of pg_index is one of Tally's (its rows
     // are PostgreSQL's own catalog indexes, carried by the catalog crate), so there is no
     // definition to show: NULL, as PostgreSQL answers for an oid that is no index of its.
-    sql.context().register_udf(create_udf(
-        "pg_get_indexdef",
-        vec![DataType::Int64, DataType::Int64, DataType::Boolean],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|_| Ok(ColumnarValue::Scalar(ScalarValue::Utf8(None)))),
-    ));
+    let index_args = vec![DataType::Int64, DataType::Int64, DataType::Boolean];
+    sql.context().register_udf(null_text("pg_get_indexdef", index_args));
     for name in ["pg_collation_is_visible", "pg_type_is_visible"] {
         sql.context().register_udf(create_udf(
             name,

@@ -30,9 +30,10 @@ use tokio::sync::Semaphore;
 
 use crate::complexity::check_statement_text;
 use crate::copy::CopyIn;
+use crate::direct::Direct;
 use crate::execute::Planned;
 use crate::provider::{lsn_bound, LedgerTable, LogStretch, LsnRange, Snapshot, Written};
-use crate::{row, tables, QueryError};
+use crate::{row, tables, QueryError, Rows};
 
 /// Memory one query may use (sorts, joins, aggregates); beyond it the query fails.
 pub const QUERY_MEMORY_BYTES: usize = 512 << 20;
@@ -46,8 +47,8 @@ pub enum Access {
 
 /// What running a planned statement gave.
 pub(crate) enum Output {
-    /// A query's rows, ready to run (lazily) against its own snapshot.
-    Rows(DataFrame),
+    /// A query's rows, ready to run (lazily) against its own snapshot, or read already.
+    Rows(Rows),
     /// A write's rows as events, not yet appended (`Sql::write` takes them).
     Write { table: &'static str, events: Vec<Event> },
 }
@@ -68,6 +69,8 @@ pub struct Sql {
     log_chunk: u64,
     /// Heavy statements planning at once (`execute::HEAVY_DEPTH`): one per core.
     heavy_planning: Arc<Semaphore>,
+    /// Simple reads skip DataFusion's execution (`direct.rs`); off only to compare.
+    direct_reads: bool,
 }
 
 impl Sql {
@@ -101,7 +104,8 @@ impl Sql {
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let heavy_planning = Arc::new(Semaphore::new(cores));
-        Ok(Sql { db, ctx, log_chunk: crate::provider::LOG_CHUNK_LSNS, heavy_planning })
+        let log_chunk = crate::provider::LOG_CHUNK_LSNS;
+        Ok(Sql { db, ctx, log_chunk, heavy_planning, direct_reads: true })
     }
 
     /// Reads the log's tables in chunks of `lsns` (default 65,536): smaller chunks use less
@@ -109,6 +113,22 @@ impl Sql {
     pub fn with_log_chunk(mut self, lsns: u64) -> Sql {
         self.log_chunk = lsns.max(1);
         self
+    }
+
+    /// Runs every query through DataFusion's execution, also those a direct read of the
+    /// engine state answers (`direct.rs`): for tests and benchmarks that compare the two.
+    pub fn without_direct_reads(mut self) -> Sql {
+        self.direct_reads = false;
+        self
+    }
+
+    /// The direct form of an optimized plan, when this `Sql` reads directly and it has one.
+    pub(crate) fn direct(&self, plan: &LogicalPlan) -> Option<Direct> {
+        if self.direct_reads {
+            Direct::compile(plan)
+        } else {
+            None
+        }
     }
 
     /// The database underneath.
@@ -225,7 +245,6 @@ impl Sql {
         Ok(plan)
     }
 
-    /// Runs a planned statement against a snapshot of the tables it reads.
     /// What a plan optimized with placeholders needs once their values are bound: analysis
     /// again (type coercion above all: a value may come with another type than its
     /// placeholder was planned as) and expression simplification (a bound `LIMIT $1` must be
@@ -242,10 +261,19 @@ impl Sql {
         Ok(self.ctx.state().optimize(plan)?)
     }
 
+    /// Runs a planned statement against a snapshot of the tables it reads.
     pub(crate) async fn run(&self, planned: Planned) -> Result<Output, QueryError> {
         // Optimized first, so that filters sit in the scans they were pushed down to.
         let plan = match planned {
-            Planned::Logical(plan) => self.optimize(&uncast_insert(plan)?)?,
+            Planned::Logical(plan) => {
+                let plan = self.optimize(&uncast_insert(plan)?)?;
+                if let Some(direct) = self.direct(&plan) {
+                    if let Some(batch) = direct.read(&self.db, None)? {
+                        return Ok(Output::Rows(Rows::read(batch)));
+                    }
+                }
+                plan
+            }
             Planned::Optimized { plan, .. } => plan,
         };
         let names = reads_of(&plan)?;
@@ -278,7 +306,7 @@ impl Sql {
             matches!(&plan, LogicalPlan::Dml(DmlStatement { op: WriteOp::Insert(_), .. }));
         let df = DataFrame::new(state, plan);
         if !is_insert {
-            return Ok(Output::Rows(df));
+            return Ok(Output::Rows(Rows::frame(df)));
         }
         df.collect().await.map_err(|e| QueryError::from(e).unwrap_external())?;
         let (table, events) = written

@@ -202,9 +202,9 @@ impl Connection {
         let outcome = outcome.await;
         self.wire().sql = session;
         match outcome.map_err(query_error)? {
-            Outcome::Rows(df) => {
+            Outcome::Rows(rows) => {
                 let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-                crate::rows::respond(statement, df, job.format, options, interrupt).await
+                crate::rows::respond(statement, rows, job.format, options, interrupt).await
             }
             Outcome::Done(done) => {
                 // PostgreSQL's INSERT tag carries an oid (always 0) before the row count.

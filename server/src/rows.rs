@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::DataFrame;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::pgwire;
@@ -23,25 +22,23 @@ use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::copy::{CopyData, CopyDone, CopyOutResponse};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::types::format::FormatOptions;
-use tally_query::{CopyOut, QueryError};
+use tally_query::{CopyOut, QueryError, Rows};
 
 use crate::connection::query_error;
 use crate::interrupt::Interrupt;
 
-/// Starts `df` and answers with its rows as a stream, its columns named as the query layer
+/// Starts `rows` and answers with its rows as a stream, its columns named as the query layer
 /// names them for `statement` (PostgreSQL's names).
 pub(crate) async fn respond(
     statement: &Statement,
-    df: DataFrame,
+    rows: Rows,
     format: &Format,
     options: Arc<FormatOptions>,
     mut interrupt: Interrupt,
 ) -> PgWireResult<Response> {
-    let schema = tally_query::result_schema(statement, df.schema().as_arrow());
+    let schema = tally_query::result_schema(statement, &rows.schema());
     let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
-    let batches = interrupt
-        .run(async { df.execute_stream().await.map_err(|e| query_error(QueryError::from(e))) })
-        .await?;
+    let batches = interrupt.run(async { rows.stream().await.map_err(query_error) }).await?;
     let guarded = Guarded { batches, interrupt, done: false };
     let encode_fields = fields.clone();
     let rows = guarded
@@ -104,9 +101,7 @@ where
     PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
 {
     let CopyOut { frame, encoder } = copy;
-    let batches = interrupt
-        .run(async { frame.execute_stream().await.map_err(|e| query_error(QueryError::from(e))) })
-        .await?;
+    let batches = interrupt.run(async { frame.stream().await.map_err(query_error) }).await?;
     let columns = encoder.columns();
     let start = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
     client.send(PgWireBackendMessage::CopyOutResponse(start)).await?;

@@ -991,7 +991,7 @@ impl Database {
     /// repaired. The repair runs on a thread of its own: reads are called from async code, and
     /// the repair blocks on this database's runtime.
     fn repair_on_read(&self, damage: &StorageError) -> bool {
-        if self.forward_peers().is_empty() {
+        if crate::repair::Source::of(&self.raft, self.id).peers.is_empty() {
             return false;
         }
         tracing::error!("a read found damage: {damage}; repairing from the peers");
@@ -1007,17 +1007,6 @@ impl Database {
             }
             Err(_) => false,
         }
-    }
-
-    /// The other members of this node's cluster (none for a lone or offline node).
-    fn forward_peers(&self) -> Vec<NodeId> {
-        let m = self.raft.metrics().borrow().clone();
-        m.membership_config
-            .membership()
-            .nodes()
-            .map(|(p, _)| *p)
-            .filter(|p| *p != self.id)
-            .collect()
     }
 
     /// This node's copy of log record `index`, for a peer repairing its own.

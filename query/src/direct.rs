@@ -1,0 +1,358 @@
+//! Direct reads: the queries most clients repeat — a row by its key, a table's rows in an
+//! order, its first n — answered from the engine state without DataFusion's physical planning
+//! and execution, which cost several times the read itself (docs/benchmarks.md). A plan is
+//! taken here only when every node of it is one this module evaluates exactly as DataFusion
+//! would: a scan of an engine table, filters that are key equalities (the keyed read is then
+//! the filter), projections of plain columns, one sort on plain columns, one limit. Anything
+//! else goes the general way; so does a plan whose bound values this path cannot use (a NULL
+//! or non-text key). This module never decides what a query means, only how a plan already
+//! planned and optimized is evaluated.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{take, LexicographicalComparator, SortColumn, SortOptions};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, FetchType, LogicalPlan, Operator, SkipType, Sort, TableScan,
+};
+use datafusion::scalar::ScalarValue;
+use tally_storage::Database;
+
+use crate::{tables, QueryError};
+
+/// A plan that reads one engine table directly. Columns are numbered as the table's full
+/// batch (`tables::build`) numbers them.
+#[derive(Debug)]
+pub struct Direct {
+    table: &'static str,
+    /// The rows whose key column equals each of these (all must hold); `None`: every row.
+    keys: Option<Vec<KeyValue>>,
+    /// The sort, by table column, before the limit.
+    order: Vec<(usize, SortOptions)>,
+    /// Rows skipped, then rows kept (`None`: all), after the sort.
+    skip: usize,
+    fetch: Option<usize>,
+    /// The answer's columns, by table column, and its schema (the plan's).
+    columns: Vec<usize>,
+    schema: SchemaRef,
+}
+
+/// A key a filter compares with: written in the SQL, or a placeholder bound at each Execute.
+#[derive(Debug)]
+enum KeyValue {
+    Text(String),
+    Placeholder(String),
+}
+
+/// What has been compiled of a plan so far, bottom up.
+struct Shape {
+    table: &'static str,
+    /// The table's full schema.
+    schema: SchemaRef,
+    keys: Option<Vec<KeyValue>>,
+    order: Vec<(usize, SortOptions)>,
+    limit: Option<(usize, Option<usize>)>,
+    /// The node's output columns, by table column.
+    columns: Vec<usize>,
+}
+
+impl Direct {
+    /// The direct form of an optimized plan, if it has one.
+    pub(crate) fn compile(plan: &LogicalPlan) -> Option<Direct> {
+        let shape = shape(plan)?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let table = &shape.schema;
+        // The answer's columns must be the table's own, type for type (no cast hides here).
+        let same = shape.columns.len() == schema.fields().len()
+            && shape.columns.iter().zip(schema.fields()).all(|(c, f)| {
+                table.field(*c).data_type() == f.data_type()
+                    && (f.is_nullable() || !table.field(*c).is_nullable())
+            });
+        if !same {
+            return None;
+        }
+        let (skip, fetch) = shape.limit.unwrap_or((0, None));
+        Some(Direct {
+            table: shape.table,
+            keys: shape.keys,
+            order: shape.order,
+            skip,
+            fetch,
+            columns: shape.columns,
+            schema,
+        })
+    }
+
+    /// Reads the answer under one read lock; `None` when the bound values do not fit this
+    /// path (the general path then answers, errors included).
+    pub(crate) fn read(
+        &self,
+        db: &Database,
+        params: Option<&ParamValues>,
+    ) -> Result<Option<RecordBatch>, QueryError> {
+        let keys = match &self.keys {
+            None => None,
+            Some(values) => match bound_keys(values, params) {
+                Some(keys) => Some(keys),
+                None => return Ok(None),
+            },
+        };
+        let batch = db.read(|l| match &keys {
+            Some(keys) => tables::build_keyed(self.table, l, keys),
+            None => tables::build(self.table, l),
+        });
+        let batch = batch.expect("compiled for an engine table")?;
+        let rows = self.rows(&batch)?;
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| take_rows(batch.column(*c), rows.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(RecordBatch::try_new(self.schema.clone(), columns)?))
+    }
+
+    /// The rows of `batch` the answer holds, in its order; `None`: all, as they are.
+    fn rows(&self, batch: &RecordBatch) -> Result<Option<UInt32Array>, QueryError> {
+        let n = batch.num_rows();
+        let end = self.fetch.map_or(n, |f| self.skip.saturating_add(f).min(n));
+        if self.order.is_empty() {
+            return Ok(
+                (self.skip > 0 || end < n).then(|| (self.skip.min(end)..end).map(to_u32).collect())
+            );
+        }
+        let sort: Vec<SortColumn> = self
+            .order
+            .iter()
+            .map(|(c, options)| SortColumn {
+                values: batch.column(*c).clone(),
+                options: Some(*options),
+            })
+            .collect();
+        let comparator = LexicographicalComparator::try_new(&sort)?;
+        // Ties keep the table's order, so an answer never depends on the sort's luck.
+        let order = |a: &usize, b: &usize| comparator.compare(*a, *b).then(a.cmp(b));
+        let mut rows: Vec<usize> = (0..n).collect();
+        if end < n {
+            if end > 0 {
+                rows.select_nth_unstable_by(end - 1, order);
+            }
+            rows.truncate(end);
+        }
+        rows.sort_unstable_by(order);
+        Ok(Some(rows[self.skip.min(rows.len())..].iter().copied().map(to_u32).collect()))
+    }
+}
+
+fn to_u32(row: usize) -> u32 {
+    u32::try_from(row).expect("an engine table has fewer than 2^32 rows")
+}
+
+fn take_rows(column: &ArrayRef, rows: Option<&UInt32Array>) -> Result<ArrayRef, QueryError> {
+    Ok(match rows {
+        Some(rows) => take(column.as_ref(), rows, None)?,
+        None => column.clone(),
+    })
+}
+
+/// The keys the filters ask for once bound: one key (all equal) or none (they differ);
+/// `None` when a value is not text this path can look up.
+fn bound_keys(values: &[KeyValue], params: Option<&ParamValues>) -> Option<BTreeSet<String>> {
+    let mut keys: Option<String> = None;
+    let mut differ = false;
+    for v in values {
+        let key = match v {
+            KeyValue::Text(s) => s.clone(),
+            KeyValue::Placeholder(id) => {
+                match params?.get_placeholders_with_values(id).ok()?.value {
+                    ScalarValue::Utf8(Some(s))
+                    | ScalarValue::Utf8View(Some(s))
+                    | ScalarValue::LargeUtf8(Some(s)) => s,
+                    _ => return None,
+                }
+            }
+        };
+        match &keys {
+            Some(k) if *k != key => differ = true,
+            Some(_) => {}
+            None => keys = Some(key),
+        }
+    }
+    Some(if differ { BTreeSet::new() } else { keys.into_iter().collect() })
+}
+
+/// Compiles `plan` bottom up; `None` at the first node this path does not evaluate.
+fn shape(plan: &LogicalPlan) -> Option<Shape> {
+    match plan {
+        LogicalPlan::TableScan(scan) => scan_shape(scan),
+        LogicalPlan::Filter(filter) => {
+            let mut s = shape(&filter.input)?;
+            // A filter above a sort or a limit keeps fewer rows than a keyed read would.
+            if !s.order.is_empty() || s.limit.is_some() {
+                return None;
+            }
+            let column = tables::key_column(s.table)?;
+            let keys = s.keys.get_or_insert_with(Vec::new);
+            for conjunct in conjuncts(&filter.predicate) {
+                let (c, value) = key_of(conjunct)?;
+                let index = filter.input.schema().index_of_column(c).ok()?;
+                if s.schema.field(s.columns[index]).name() != column {
+                    return None;
+                }
+                keys.push(value);
+            }
+            Some(s)
+        }
+        LogicalPlan::Projection(p) => {
+            let mut s = shape(&p.input)?;
+            let columns = p
+                .expr
+                .iter()
+                .map(|e| column_index(e.clone().unalias(), &p.input).map(|i| s.columns[i]))
+                .collect::<Option<Vec<_>>>()?;
+            s.columns = columns;
+            Some(s)
+        }
+        LogicalPlan::SubqueryAlias(a) => shape(&a.input),
+        LogicalPlan::Sort(sort) => sort_shape(sort),
+        LogicalPlan::Limit(limit) => {
+            let mut s = shape(&limit.input)?;
+            let SkipType::Literal(skip) = limit.get_skip_type().ok()? else { return None };
+            let FetchType::Literal(fetch) = limit.get_fetch_type().ok()? else { return None };
+            s.limit = Some(match s.limit {
+                None => (skip, fetch),
+                Some((s1, f1)) => {
+                    let left = f1.map(|f| f.saturating_sub(skip));
+                    let fetch = match (left, fetch) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    (s1.saturating_add(skip), fetch)
+                }
+            });
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+fn scan_shape(scan: &TableScan) -> Option<Shape> {
+    // An engine table by its own name (not a catalog's table of the same name).
+    if scan.table_name.schema().is_some_and(|s| s != "public") {
+        return None;
+    }
+    let table = tables::TABLES.iter().copied().find(|t| *t == scan.table_name.table())?;
+    let schema = scan.source.schema();
+    let columns = scan.projection.clone().unwrap_or_else(|| (0..schema.fields().len()).collect());
+    // The scan's filters are the filter above it, pushed down (Inexact): that node is the
+    // one compiled; a scan that was told to filter alone is not taken.
+    if !scan.filters.is_empty() && tables::key_column(table).is_none() {
+        return None;
+    }
+    let limit = scan.fetch.map(|f| (0, Some(f)));
+    if limit.is_some() && !scan.filters.is_empty() {
+        return None;
+    }
+    Some(Shape { table, schema, keys: None, order: Vec::new(), limit, columns })
+}
+
+fn sort_shape(sort: &Sort) -> Option<Shape> {
+    let mut s = shape(&sort.input)?;
+    if !s.order.is_empty() || s.limit.is_some() {
+        return None;
+    }
+    s.order = sort
+        .expr
+        .iter()
+        .map(|e| {
+            let index = column_index(e.expr.clone(), &sort.input)?;
+            let options = SortOptions { descending: !e.asc, nulls_first: e.nulls_first };
+            Some((s.columns[index], options))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    s.limit = sort.fetch.map(|f| (0, Some(f)));
+    Some(s)
+}
+
+/// The input column a plain column expression reads.
+fn column_index(e: Expr, input: &LogicalPlan) -> Option<usize> {
+    let Expr::Column(c) = e else { return None };
+    input.schema().index_of_column(&c).ok()
+}
+
+fn conjuncts(e: &Expr) -> Vec<&Expr> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
+            let mut all = conjuncts(left);
+            all.extend(conjuncts(right));
+            all
+        }
+        other => vec![other],
+    }
+}
+
+/// `column = 'text'` or `column = $n`, either way round.
+fn key_of(e: &Expr) -> Option<(&datafusion::common::Column, KeyValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
+    let value = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
+        | Expr::Literal(ScalarValue::Utf8View(Some(s)), _)
+        | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _) => Some(KeyValue::Text(s.clone())),
+        Expr::Placeholder(p) => Some(KeyValue::Placeholder(p.id.clone())),
+        _ => None,
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), other) | (other, Expr::Column(c)) => Some((c, value(other)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sql;
+
+    #[test]
+    fn only_plans_this_path_evaluates_exactly_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let sql = Sql::new(Arc::new(Database::open(dir.path()).unwrap())).unwrap();
+        let rt = sql.database().runtime();
+        let direct = |q: &str| {
+            let statement = Sql::parse(q).unwrap().statements.remove(0);
+            let plan = rt.block_on(sql.plan(&statement)).unwrap();
+            Direct::compile(&sql.optimize(&plan).unwrap()).is_some()
+        };
+        for q in [
+            "SELECT earned, settled, pending FROM balances WHERE account = 'a'",
+            "SELECT earned FROM balances WHERE account = $1",
+            "SELECT b.account AS who FROM balances b WHERE 'a' = b.account",
+            "SELECT account, earned FROM balances ORDER BY earned DESC LIMIT 100",
+            "SELECT datanet, earned FROM datanets ORDER BY earned DESC",
+            "SELECT * FROM contributions WHERE contribution = 'c' AND contribution = $1",
+            "SELECT * FROM models LIMIT 3 OFFSET 1",
+            "SELECT * FROM epochs",
+        ] {
+            assert!(direct(q), "direct: {q}");
+        }
+        for q in [
+            "SELECT earned + 1 FROM balances WHERE account = 'a'",
+            "SELECT earned FROM balances WHERE earned > 5",
+            "SELECT earned FROM balances WHERE account = 'a' OR account = 'b'",
+            "SELECT earned FROM balances WHERE upper(account) = 'A'",
+            "SELECT * FROM datanets WHERE datanet = 'd'",
+            "SELECT count(*) FROM balances",
+            "SELECT b.account FROM balances b JOIN payouts p ON p.account = b.account",
+            "SELECT * FROM (SELECT * FROM balances LIMIT 5) t WHERE account = 'a'",
+            "SELECT * FROM events LIMIT 1",
+            "SELECT * FROM inferences WHERE inference = 'i'",
+            "SELECT * FROM cluster",
+            "SELECT table_name FROM information_schema.tables",
+            "SELECT CAST(earned AS double) FROM balances",
+            "EXPLAIN SELECT * FROM balances",
+        ] {
+            assert!(!direct(q), "general: {q}");
+        }
+    }
+}
