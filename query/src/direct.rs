@@ -15,12 +15,13 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{take, LexicographicalComparator, SortColumn, SortOptions};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::ParamValues;
+use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     BinaryExpr, Expr, FetchType, LogicalPlan, Operator, SkipType, Sort, TableScan,
 };
-use datafusion::scalar::ScalarValue;
 use tally_storage::Database;
 
+use crate::provider::text_value;
 use crate::{tables, QueryError};
 
 /// A plan that reads one engine table directly. Columns are numbered as the table's full
@@ -166,12 +167,8 @@ fn bound_keys(values: &[KeyValue], params: Option<&ParamValues>) -> Option<BTree
         let key = match v {
             KeyValue::Text(s) => s.clone(),
             KeyValue::Placeholder(id) => {
-                match params?.get_placeholders_with_values(id).ok()?.value {
-                    ScalarValue::Utf8(Some(s))
-                    | ScalarValue::Utf8View(Some(s))
-                    | ScalarValue::LargeUtf8(Some(s)) => s,
-                    _ => return None,
-                }
+                let bound = params?.get_placeholders_with_values(id).ok()?.value;
+                text_value(&bound)?.to_owned()
             }
         };
         match &keys {
@@ -195,7 +192,7 @@ fn shape(plan: &LogicalPlan) -> Option<Shape> {
             }
             let column = tables::key_column(s.table)?;
             let keys = s.keys.get_or_insert_with(Vec::new);
-            for conjunct in conjuncts(&filter.predicate) {
+            for conjunct in split_conjunction(&filter.predicate) {
                 let (c, value) = key_of(conjunct)?;
                 let index = filter.input.schema().index_of_column(c).ok()?;
                 if s.schema.field(s.columns[index]).name() != column {
@@ -282,24 +279,11 @@ fn column_index(e: Expr, input: &LogicalPlan) -> Option<usize> {
     input.schema().index_of_column(&c).ok()
 }
 
-fn conjuncts(e: &Expr) -> Vec<&Expr> {
-    match e {
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::And, right }) => {
-            let mut all = conjuncts(left);
-            all.extend(conjuncts(right));
-            all
-        }
-        other => vec![other],
-    }
-}
-
 /// `column = 'text'` or `column = $n`, either way round.
 fn key_of(e: &Expr) -> Option<(&datafusion::common::Column, KeyValue)> {
     let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
     let value = |e: &Expr| match e {
-        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
-        | Expr::Literal(ScalarValue::Utf8View(Some(s)), _)
-        | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _) => Some(KeyValue::Text(s.clone())),
+        Expr::Literal(v, _) => text_value(v).map(|s| KeyValue::Text(s.to_owned())),
         Expr::Placeholder(p) => Some(KeyValue::Placeholder(p.id.clone())),
         _ => None,
     };

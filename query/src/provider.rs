@@ -253,12 +253,7 @@ pub(crate) fn key_equals(e: &Expr, column: &str) -> Option<String> {
     use datafusion::logical_expr::{BinaryExpr, Operator};
     let Expr::BinaryExpr(BinaryExpr { left, op: Operator::Eq, right }) = e else { return None };
     let text = |e: &Expr| match e {
-        Expr::Literal(
-            datafusion::scalar::ScalarValue::Utf8(Some(s))
-            | datafusion::scalar::ScalarValue::Utf8View(Some(s))
-            | datafusion::scalar::ScalarValue::LargeUtf8(Some(s)),
-            _,
-        ) => Some(s.clone()),
+        Expr::Literal(v, _) => text_value(v).map(str::to_owned),
         _ => None,
     };
     let is_column = |e: &Expr| matches!(e, Expr::Column(c) if c.name == column);
@@ -268,6 +263,17 @@ pub(crate) fn key_equals(e: &Expr, column: &str) -> Option<String> {
         text(left)
     } else {
         None
+    }
+}
+
+/// The text of a non-NULL text value, in any of Arrow's string types.
+pub(crate) fn text_value(v: &datafusion::scalar::ScalarValue) -> Option<&str> {
+    use datafusion::scalar::ScalarValue;
+    match v {
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => Some(s),
+        _ => None,
     }
 }
 
