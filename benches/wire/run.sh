@@ -8,6 +8,7 @@
 #
 #   apt-get install -y postgresql && pip install 'psycopg[binary]'
 #   TALLY_BIN=target/release/tally benches/wire/run.sh --inferences 1000000 --out /tmp/wire.md
+#   TALLY_ARGS=--no-direct-reads …   # extra `tally serve` options (A/B of the read paths)
 #
 # BENCH_DIR defaults to a new directory under /var/tmp: keep it on a real disk (not tmpfs), the
 # same one for both servers, or durability costs nothing and the comparison means nothing.
@@ -64,7 +65,8 @@ as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" tally
 
 TARGETS=(--postgres "127.0.0.1:$PG_PORT" --pg-user "$PG_USER")
 if [[ -n $TALLY_BIN ]]; then
-    "$TALLY_BIN" serve --data "$BENCH_DIR/tally" --listen "127.0.0.1:$TALLY_PORT" >"$BENCH_DIR/tally.log" 2>&1 &
+    # shellcheck disable=SC2086 # TALLY_ARGS: extra `tally serve` options, split on spaces
+    "$TALLY_BIN" serve --data "$BENCH_DIR/tally" --listen "127.0.0.1:$TALLY_PORT" ${TALLY_ARGS:-} >"$BENCH_DIR/tally.log" 2>&1 &
     TALLY_PID=$!
     for _ in $(seq 1 120); do
         kill -0 "$TALLY_PID" 2>/dev/null || { cat "$BENCH_DIR/tally.log" >&2; echo "tally serve exited" >&2; exit 1; }

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -43,10 +44,12 @@ MAX_ENTRIES = 1024
 
 COPY_INFERENCES = "COPY inferences (inference, model, consumer, fee, attributions) FROM STDIN {opts}"
 Q_POINT = "SELECT earned, settled, pending FROM balances WHERE account = %s"
+Q_CONTRIBUTION = "SELECT datanet, contributor, earned FROM contributions WHERE contribution = %s"
 Q_TOP = "SELECT account, earned FROM balances ORDER BY earned DESC LIMIT 100"
 Q_DATANETS = "SELECT datanet, earned FROM datanets ORDER BY earned DESC"
 QUERIES = [
     ("point", "balance lookup (`WHERE account = $1`, random accounts)", Q_POINT),
+    ("contribution", "contribution lookup (`WHERE contribution = $1`, random contributions)", Q_CONTRIBUTION),
     ("top100", "top-100 earners (`ORDER BY earned DESC LIMIT 100`)", Q_TOP),
     ("datanets", "earnings per datanet (`ORDER BY earned DESC`)", Q_DATANETS),
 ]
@@ -173,6 +176,13 @@ class Workload:
 
     def csv_contributions(self):
         return "".join(f"{c},{d},{u},{h}\n" for c, d, u, h in self.contributions).encode()
+
+    def csv_contribution_chunks(self):
+        """The contributions as CSV, `chunk` rows a piece (one COPY may hold at most 1,048,576
+        rows in Tally)."""
+        for at in range(0, len(self.contributions), self.chunk):
+            part = self.contributions[at:at + self.chunk]
+            yield "".join(f"{c},{d},{u},{h}\n" for c, d, u, h in part).encode()
 
     def csv_models(self):
         # An empty unquoted CSV field is NULL: no base model / an empty datanets list.
@@ -301,8 +311,9 @@ def load(conn, w, copy_opts):
     each COPY is its own statement/transaction, acknowledged once durable."""
     cur = conn.cursor()
     copy_in(cur, f"COPY datanets (datanet, owner) FROM STDIN {copy_opts}", w.csv_datanets())
-    copy_in(cur, f"COPY contributions (contribution, datanet, contributor, content_hash) FROM STDIN {copy_opts}",
-            w.csv_contributions())
+    for data in w.csv_contribution_chunks():
+        copy_in(cur, f"COPY contributions (contribution, datanet, contributor, content_hash) FROM STDIN {copy_opts}",
+                data)
     copy_in(cur, f"COPY models (model, owner, base_model, datanets) FROM STDIN {copy_opts}", w.csv_models())
     stmt = COPY_INFERENCES.format(opts=copy_opts)
     per_chunk = []
@@ -323,7 +334,7 @@ CREATE TABLE datanets (
     datanet text PRIMARY KEY, owner text NOT NULL, earned bigint NOT NULL DEFAULT 0);
 CREATE TABLE contributions (
     contribution text PRIMARY KEY, datanet text NOT NULL {fk_dn}, contributor text NOT NULL,
-    content_hash text NOT NULL UNIQUE);
+    content_hash text NOT NULL UNIQUE, earned bigint NOT NULL DEFAULT 0);
 CREATE TABLE models (
     model text PRIMARY KEY, owner text NOT NULL, base_model text {fk_base}, datanets text);
 CREATE TABLE inferences (
@@ -427,7 +438,8 @@ CREATE TRIGGER wb_explode AFTER INSERT ON inferences REFERENCING NEW TABLE AS ne
 
 
 def pg_derive_sql(conn, balances="balances", datanet_earned=None):
-    """Fills `balances` (and datanets.earned, or the table `datanet_earned`) by SQL."""
+    """Fills `balances` (and datanets.earned and contributions.earned, or the tables
+    `datanet_earned` and `datanet_earned`_c) by SQL."""
     cur = conn.cursor()
     cur.execute("SET work_mem = '256MB'")
     cur.execute(PG_DERIVE.format(balances=balances))
@@ -437,11 +449,18 @@ def pg_derive_sql(conn, balances="balances", datanet_earned=None):
         cur.execute(f"DROP TABLE IF EXISTS {datanet_earned}")
         cur.execute(f"CREATE TABLE {datanet_earned} AS SELECT d.datanet, coalesce(x.earned, 0)::bigint AS earned "
                     f"FROM datanets d LEFT JOIN ({per_dn}) x USING (datanet)")
+        cur.execute(f"DROP TABLE IF EXISTS {datanet_earned}_c")
+        cur.execute(f"CREATE TABLE {datanet_earned}_c AS SELECT contribution, sum(amount)::bigint AS earned "
+                    "FROM wb_entry_rewards GROUP BY contribution")
     else:
         cur.execute(f"UPDATE datanets d SET earned = x.earned FROM ({per_dn}) x WHERE x.datanet = d.datanet")
+        cur.execute("""UPDATE contributions c SET earned = x.amount
+                       FROM (SELECT contribution, sum(amount) AS amount FROM wb_entry_rewards
+                             GROUP BY contribution) x
+                       WHERE x.contribution = c.contribution""")
     cur.execute("DROP TABLE wb_entry_rewards, wb_inference_parts")
     cur.execute(f"ANALYZE {balances}")
-    cur.execute("ANALYZE datanets")
+    vacuum_updated(cur)
 
 
 def copy_out_rows(src, query):
@@ -472,9 +491,22 @@ def pg_copy_derived_from_tally(pg, tally):
     copy_in(cur, "COPY wb_dn FROM STDIN (FORMAT csv)", dn)
     cur.execute("UPDATE datanets d SET earned = x.earned FROM wb_dn x WHERE x.datanet = d.datanet")
     cur.execute("DROP TABLE wb_dn")
+    ce, _ = copy_out_rows(tally, "SELECT contribution, earned FROM contributions")
+    cur.execute("CREATE TEMP TABLE wb_ce (contribution text, earned bigint)")
+    copy_in(cur, "COPY wb_ce FROM STDIN (FORMAT csv)", ce)
+    cur.execute("""UPDATE contributions c SET earned = x.earned FROM wb_ce x
+                   WHERE x.contribution = c.contribution AND x.earned <> 0""")
+    cur.execute("DROP TABLE wb_ce")
     cur.execute("ANALYZE balances")
-    cur.execute("ANALYZE datanets")
+    vacuum_updated(cur)
     return how
+
+
+def vacuum_updated(cur):
+    """The tables whose rows were just updated, vacuumed (no dead row versions left for the
+    lookups to step over) and analyzed."""
+    cur.execute("VACUUM (ANALYZE) datanets")
+    cur.execute("VACUUM (ANALYZE) contributions")
 
 
 def cross_check(pg):
@@ -490,38 +522,96 @@ def cross_check(pg):
     cur.execute("""SELECT count(*) FROM datanets d JOIN wb_datanets_sql s USING (datanet)
                    WHERE d.earned IS DISTINCT FROM s.earned""")
     dn = cur.fetchone()[0]
+    cur.execute("""SELECT count(*) FROM contributions c LEFT JOIN wb_datanets_sql_c s USING (contribution)
+                   WHERE c.earned <> coalesce(s.earned, 0)""")
+    contributions = cur.fetchone()[0]
     cur.execute("SELECT count(*) FROM wb_balances_sql")
     n = cur.fetchone()[0]
-    cur.execute("DROP TABLE wb_balances_sql, wb_datanets_sql")
-    return {"balances_rows": n, "balances_mismatches": bal, "datanets_mismatches": dn}
+    cur.execute("DROP TABLE wb_balances_sql, wb_datanets_sql, wb_datanets_sql_c")
+    return {"balances_rows": n, "balances_mismatches": bal, "datanets_mismatches": dn,
+            "contributions_mismatches": contributions}
 
 
 # ----------------------------------------------------------------------------------------------
 # Queries
 
 
+def settle(seconds, name):
+    if seconds > 0:
+        log(f"{name}: waiting {seconds:g} s for the work the load left behind ...")
+        time.sleep(seconds)
+
+
 def pct(sorted_vals, p):
     return sorted_vals[max(0, math.ceil(p * len(sorted_vals)) - 1)]
 
 
-def run_queries(conn, accounts, warmup, reps, prepare):
+def run_queries(conn, keys, warmup, reps, prepare):
+    """p50/p99 of each query; `keys[query]` are the values of a keyed query's `$1`, in turn."""
     cur = conn.cursor()
     out, answers = {}, {}
     for key, _, q in QUERIES:
         times = []
         for r in range(warmup + reps):
-            params = (accounts[r % len(accounts)],) if key == "point" else None
+            params = (keys[key][r % len(keys[key])],) if key in keys else None
             t = time.perf_counter()
             cur.execute(q, params, prepare=prepare)
             rows = cur.fetchall()
             dt = time.perf_counter() - t
             if r >= warmup:
                 times.append(dt * 1000)
-            if key != "point" and r == 0:
+            if r == 0:
                 answers[key] = [tuple(map(str, x)) for x in rows]
         times.sort()
         out[key] = {"p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99), "max_ms": times[-1], "n": len(times)}
     return out, answers
+
+
+def _throughput_worker(info, setup, keys, seconds, prepare, start, results):
+    """One client of `throughput`: warms up, waits for the others, then looks balances up for
+    `seconds`; puts (lookups done, their latencies in ms)."""
+    conn = psycopg.connect(info, autocommit=True)
+    cur = conn.cursor()
+    for stmt in setup:
+        cur.execute(stmt)
+    for k in keys[:20]:
+        cur.execute(Q_POINT, (k,), prepare=prepare)
+        cur.fetchall()
+    start.wait()
+    n, times = 0, []
+    end = time.perf_counter() + seconds
+    while True:
+        t = time.perf_counter()
+        if t >= end:
+            break
+        cur.execute(Q_POINT, (keys[n % len(keys)],), prepare=prepare)
+        cur.fetchall()
+        times.append((time.perf_counter() - t) * 1000)
+        n += 1
+    conn.close()
+    results.put((n, times))
+
+
+def throughput(info, setup, keys, clients, seconds, prepare):
+    """Balance lookups per second from `clients` connections at once (one process each, so the
+    client's interpreter lock does not serialise them), and the latency each saw meanwhile."""
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(clients), ctx.Queue()
+    rng = random.Random(DEFAULT_SEED + 3)
+    procs = []
+    for _ in range(clients):
+        mine = keys[:]
+        rng.shuffle(mine)
+        proc = ctx.Process(target=_throughput_worker,
+                           args=(info, setup, mine, seconds, prepare, start, results))
+        proc.start()
+        procs.append(proc)
+    got = [results.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    times = sorted(t for _, ts in got for t in ts)
+    return {"clients": clients, "seconds": seconds, "qps": sum(n for n, _ in got) / seconds,
+            "p50_ms": pct(times, 0.5), "p99_ms": pct(times, 0.99)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -561,6 +651,8 @@ def report(args, w, mach, res):
                  f"Python {mach['python']}, psycopg {mach['psycopg']}; load average at start "
                  f"{mach['loadavg_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f}.")
     lines.append(f"Workload: {w.describe()}; COPY (FORMAT csv), {w.chunk:,} rows per COPY statement.")
+    if args.settle > 0:
+        lines.append(f"Each target's queries began {args.settle:g} s after its load ended (`--settle`).")
     for name, r in (("Tally", T), ("PostgreSQL", P)):
         if r.get("server"):
             lines.append(f"{name}: {r['server']}")
@@ -589,10 +681,22 @@ def report(args, w, mach, res):
             tv = T.get("queries", {}).get(key, {}).get(p)
             pv = P.get("queries", {}).get(key, {}).get(p)
             lines.append(f"| {label}, {p[:3]} ms | {fmt_ms(tv)} | {fmt_ms(pv)} | {ratio(tv, pv, False)} |")
+    tt, pt = T.get("throughput"), P.get("throughput")
+    if tt or pt:
+        clients = (tt or pt)["clients"]
+        tq, pq = (tt or {}).get("qps"), (pt or {}).get("qps")
+        lines.append(f"| balance lookup from {clients} connections at once, lookups/s | {fmt_rate(tq)} | "
+                     f"{fmt_rate(pq)} | {ratio(tq, pq, True)} |")
+        for p in ("p50_ms", "p99_ms"):
+            tv, pv = (tt or {}).get(p), (pt or {}).get(p)
+            lines.append(f"| … its latency meanwhile, {p[:3]} ms | {fmt_ms(tv)} | {fmt_ms(pv)} | "
+                         f"{ratio(tv, pv, False)} |")
     lines.append("")
     lines.append("Tally advantage: Tally ÷ PostgreSQL for rows/s, PostgreSQL ÷ Tally for latency "
                  f"(> 1× means Tally is better). Latency: {args.reps} timed runs of each query after "
-                 f"{args.warmup} warm-up runs, one connection, execute + fetch all rows, client-side wall time.")
+                 f"{args.warmup} warm-up runs, one connection, execute + fetch all rows, client-side wall time. "
+                 f"Throughput: {args.concurrency} client processes, one connection each, balance lookups "
+                 f"(prepared as for latency) for {args.seconds:g} s after 20 warm-up lookups each.")
     for name, r in (("Tally", T), ("PostgreSQL", P)):
         if r.get("ingest"):
             c = r["ingest"]["chunk_rows_per_s"]
@@ -601,12 +705,14 @@ def report(args, w, mach, res):
         for e in r.get("errors", []):
             lines.append(f"- {name} error: {e}")
     if res.get("answers_equal") is not None:
-        lines.append(f"- Top-100 and per-datanet answers identical on both targets: {res['answers_equal']}.")
+        lines.append(f"- First answer of every query (the same keys on both) identical on both targets: "
+                     f"{res['answers_equal']}.")
     if res.get("cross_check"):
         cc = res["cross_check"]
         lines.append(f"- Cross-check of Tally's balances against PostgreSQL's SQL settlement: "
                      f"{cc['balances_rows']:,} accounts, {cc['balances_mismatches']} balance mismatches, "
-                     f"{cc['datanets_mismatches']} datanet mismatches.")
+                     f"{cc['datanets_mismatches']} datanet mismatches, {cc['contributions_mismatches']} "
+                     "contribution mismatches.")
     return "\n".join(lines) + "\n"
 
 
@@ -628,11 +734,19 @@ def main():
                     help="also store each inference's entries as rows of attributions (PK inference, "
                          "contribution), filled by a statement trigger during the same COPY")
     ap.add_argument("--inferences", type=int, default=1_000_000)
+    ap.add_argument("--contributors", type=int, default=5000,
+                    help="contributors (accounts; their contributions grow with them: about 28 each)")
     ap.add_argument("--chunk", type=int, default=100_000, help="rows per COPY statement")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--copy-options", default="(FORMAT csv)")
+    ap.add_argument("--concurrency", type=int, default=16,
+                    help="connections of the balance-lookup throughput run (0: no such run)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds to wait after a target's load before its queries (work a load "
+                         "leaves behind, such as Tally's snapshot every 4 M events, then runs alone)")
     ap.add_argument("--no-prepare", action="store_true",
                     help="never use named prepared statements (psycopg prepares after 5 runs by default)")
     ap.add_argument("--derived", choices=["auto", "copy", "sql"], default="auto",
@@ -654,7 +768,7 @@ def main():
 
     mach = machine()
     log(f"generating the workload ({args.inferences:,} inferences, seed {args.seed}) ...")
-    w = Workload(args.seed, args.inferences, args.chunk)
+    w = Workload(args.seed, args.inferences, args.chunk, contributors=args.contributors)
     log(f"{w.describe()}; generated in {w.gen_seconds:.1f} s")
     if args.verify or args.verify_only:
         t = time.perf_counter()
@@ -678,6 +792,9 @@ def main():
         rng = random.Random(args.seed + 1)
         return [rng.choice(accts) for _ in range(args.warmup + args.reps)] if accts else None
 
+    rng = random.Random(args.seed + 2)
+    contributions = [rng.choice(w.contributions)[0] for _ in range(args.warmup + args.reps)]
+    keys = {"contribution": contributions}
     accounts = None
     if args.tally:
         T = res["tally"]
@@ -698,9 +815,15 @@ def main():
                 log("Tally: loading ...")
                 T["ingest"] = load(tally, w, args.copy_options)
                 log(f"Tally: {T['ingest']['rows_per_s']:,.0f} rows/s")
+            settle(args.settle, "Tally")
             accounts = accounts_from(tally)
+            keys["point"] = accounts
             log("Tally: queries ...")
-            T["queries"], T["answers"] = run_queries(tally, accounts, args.warmup, args.reps, prepare)
+            T["queries"], T["answers"] = run_queries(tally, keys, args.warmup, args.reps, prepare)
+            if args.concurrency > 0:
+                log(f"Tally: throughput, {args.concurrency} connections ...")
+                info = conninfo(args.tally, args.tally_user, "tally")
+                T["throughput"] = throughput(info, [], accounts, args.concurrency, args.seconds, prepare)
         except psycopg.Error as e:
             T["errors"].append(f"{type(e).__name__} {e.sqlstate}: {str(e).strip()}")
             log(f"Tally failed: {T['errors'][-1]}")
@@ -757,10 +880,16 @@ def main():
             if args.cross_check and tally is not None and use_copy:
                 log("PostgreSQL: cross-check with SQL settlement ...")
                 res["cross_check"] = cross_check(pg)
+            settle(args.settle, "PostgreSQL")
             if accounts is None:
                 accounts = accounts_from(pg)
+                keys["point"] = accounts
             log("PostgreSQL: queries ...")
-            P["queries"], P["answers"] = run_queries(pg, accounts, args.warmup, args.reps, prepare)
+            P["queries"], P["answers"] = run_queries(pg, keys, args.warmup, args.reps, prepare)
+            if args.concurrency > 0:
+                log(f"PostgreSQL: throughput, {args.concurrency} connections ...")
+                setup = [f"SET search_path = {args.pg_schema}"]
+                P["throughput"] = throughput(pginfo, setup, accounts, args.concurrency, args.seconds, prepare)
         except psycopg.Error as e:
             P["errors"].append(f"{type(e).__name__} {e.sqlstate}: {str(e).strip()}")
             log(f"PostgreSQL failed: {P['errors'][-1]}")
@@ -768,7 +897,7 @@ def main():
     ta, pa = res["tally"].get("answers"), res["postgres"].get("answers")
     if ta and pa:
         # ties in `earned` may come back in either order
-        res["answers_equal"] = all(sorted(ta[k]) == sorted(pa[k]) for k in ta)
+        res["answers_equal"] = all(sorted(ta[k]) == sorted(pa.get(k, [])) for k in ta)
     md = report(args, w, mach, res)
     print(md)
     if args.out:

@@ -101,9 +101,14 @@ impl Direct {
                 None => return Ok(None),
             },
         };
+        // Without an order, the first skip + fetch rows are all the answer can hold.
+        let first = match (self.order.is_empty(), self.fetch) {
+            (true, Some(fetch)) => self.skip.saturating_add(fetch),
+            _ => usize::MAX,
+        };
         let batch = db.read(|l| match &keys {
             Some(keys) => tables::build_keyed(self.table, l, keys),
-            None => tables::build(self.table, l),
+            None => tables::build_first(self.table, l, first),
         });
         let batch = batch.expect("compiled for an engine table")?;
         let rows = self.rows(&batch)?;

@@ -222,9 +222,11 @@ impl Sql {
         plan: Option<Planned>,
         params: Option<ParamValues>,
     ) -> Result<Output, QueryError> {
+        // Unprepared, a statement is planned as Parse plans it (a query once optimized, a
+        // direct read's plan kept for the next time it comes).
         let planned = match plan {
             Some(p) => p,
-            None => Planned::Logical(self.plan(statement).await?),
+            None => self.prepare(statement).await?,
         };
         let bind = |plan: LogicalPlan| match &params {
             Some(p) => plan.replace_params_with_values(p),
@@ -260,8 +262,11 @@ impl Sql {
     }
 
     async fn prepare(&self, statement: &Statement) -> Result<Planned, QueryError> {
+        if let Some(planned) = self.plans().get(statement) {
+            return Ok(planned);
+        }
         let plan = self.plan(statement).await?;
-        Ok(match statement {
+        let planned = match statement {
             Statement::Query(_) if binds_in_place(&plan)? => {
                 let parameters = plan.get_parameter_types()?;
                 let plan = self.optimize(&plan)?;
@@ -269,7 +274,9 @@ impl Sql {
                 Planned::Optimized { plan, parameters, direct }
             }
             _ => Planned::Logical(plan),
-        })
+        };
+        self.plans().keep(statement, &planned);
+        Ok(planned)
     }
 
     /// Runs `work` on a blocking thread, at most one per core at a time. If the caller stops

@@ -16,6 +16,7 @@ mod driver_catalog;
 mod error;
 mod execute;
 mod ingest;
+mod plan_cache;
 mod postgres;
 mod provider;
 mod row;

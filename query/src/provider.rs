@@ -21,6 +21,7 @@ use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use datafusion::scalar::ScalarValue;
 use futures::StreamExt;
 use tally_engine::{Event, MAX_BATCH_EVENTS};
 use tally_storage::{Database, ScanCursor};
@@ -160,8 +161,11 @@ impl TableProvider for LedgerTable {
     }
 
     /// The log's tables take lsn bounds (`lsn >= 100`, `lsn BETWEEN …`): the statement's
-    /// snapshot then reads only that stretch of the log, found through its lsn index.
-    /// DataFusion still applies the filter itself (Inexact), so a bound is only ever a saving.
+    /// snapshot then reads only that stretch of the log, found through its lsn index. The
+    /// keyed tables take key equalities (`account = 'a'`). Either may compare with a
+    /// placeholder (`account = $1`): a prepared statement is optimized before it is bound, and
+    /// its bound filter must sit in the scan too. DataFusion still applies the filter itself
+    /// (Inexact), so a pushed filter is only ever a saving.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
@@ -169,9 +173,12 @@ impl TableProvider for LedgerTable {
         Ok(filters
             .iter()
             .map(|f| {
-                let keyed = tables::key_column(self.name)
-                    .is_some_and(|column| key_equals(f, column).is_some());
-                if keyed || (is_log_table(self.name) && lsn_bound(f).is_some()) {
+                let keyed = tables::key_column(self.name).is_some_and(|column| {
+                    key_equals(&bound_as(f, ScalarValue::Utf8(Some(String::new()))), column)
+                        .is_some()
+                });
+                let bound = || lsn_bound(&bound_as(f, ScalarValue::Int64(Some(1)))).is_some();
+                if keyed || (is_log_table(self.name) && bound()) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -266,9 +273,18 @@ pub(crate) fn key_equals(e: &Expr, column: &str) -> Option<String> {
     }
 }
 
+/// `e` with each placeholder in it replaced by `value`: the shape it will have once bound.
+fn bound_as(e: &Expr, value: ScalarValue) -> Expr {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let bound = e.clone().transform(|e| match e {
+        Expr::Placeholder(_) => Ok(Transformed::yes(Expr::Literal(value.clone(), None))),
+        other => Ok(Transformed::no(other)),
+    });
+    bound.map_or_else(|_| e.clone(), |t| t.data)
+}
+
 /// The text of a non-NULL text value, in any of Arrow's string types.
-pub(crate) fn text_value(v: &datafusion::scalar::ScalarValue) -> Option<&str> {
-    use datafusion::scalar::ScalarValue;
+pub(crate) fn text_value(v: &ScalarValue) -> Option<&str> {
     match v {
         ScalarValue::Utf8(Some(s))
         | ScalarValue::Utf8View(Some(s))
@@ -302,7 +318,7 @@ pub(crate) fn lsn_bound(e: &Expr) -> Option<LsnRange> {
     use datafusion::logical_expr::{Between, BinaryExpr, Operator};
     let literal = |e: &Expr| match e {
         Expr::Literal(v, _) => v.cast_to(&DataType::Int64).ok().and_then(|v| match v {
-            datafusion::scalar::ScalarValue::Int64(Some(i)) => Some(i),
+            ScalarValue::Int64(Some(i)) => Some(i),
             _ => None,
         }),
         _ => None,

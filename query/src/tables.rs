@@ -382,9 +382,19 @@ fn balances_batch(rows: &[tally_engine::BalanceView<'_>]) -> Result<RecordBatch,
 
 /// Builds `table` from the state, or `None` for a name this module does not own.
 pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>> {
+    build_first(table, l, usize::MAX)
+}
+
+/// `build` of the table's first `limit` rows, in `build`'s order: a LIMIT without an ORDER BY
+/// (a client's preview of a table) costs its rows, not the table's.
+pub fn build_first(
+    table: &str,
+    l: &Ledger,
+    limit: usize,
+) -> Option<Result<RecordBatch, ArrowError>> {
     Some(match table {
         "datanets" => {
-            let rows: Vec<_> = l.datanets().collect();
+            let rows: Vec<_> = l.datanets().take(limit).collect();
             batch(
                 vec![
                     text("datanet"),
@@ -404,9 +414,9 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
                 ],
             )
         }
-        "contributions" => contributions_batch(&l.contributions().collect::<Vec<_>>()),
+        "contributions" => contributions_batch(&l.contributions().take(limit).collect::<Vec<_>>()),
         "models" => {
-            let rows: Vec<_> = l.models().collect();
+            let rows: Vec<_> = l.models().take(limit).collect();
             let lists: Vec<String> = rows.iter().map(|r| r.datanets.join(",")).collect();
             batch(
                 vec![
@@ -430,7 +440,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
             )
         }
         "revocations" => {
-            let rows: Vec<_> = l.revocations().collect();
+            let rows: Vec<_> = l.revocations().take(limit).collect();
             batch(
                 vec![text("contribution"), text("reason"), bigint("lsn"), ts("ts")],
                 vec![
@@ -444,7 +454,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
             )
         }
         "policies" => {
-            let rows: Vec<_> = l.policies().collect();
+            let rows: Vec<_> = l.policies().take(limit).collect();
             batch(
                 vec![
                     bigint("protocol_bps"),
@@ -463,7 +473,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
             )
         }
         "settlements" => {
-            let rows: Vec<_> = l.settlements().collect();
+            let rows: Vec<_> = l.settlements().take(limit).collect();
             let roots: Vec<String> = rows.iter().map(|r| merkle::to_hex(&r.payouts_root)).collect();
             batch(
                 vec![
@@ -485,7 +495,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
             )
         }
         "rewards" => {
-            let rows: Vec<_> = l.rewards().collect();
+            let rows: Vec<_> = l.rewards().take(limit).collect();
             batch(
                 vec![bigint("epoch"), text("account"), text("role"), bigint("amount")],
                 vec![
@@ -496,9 +506,9 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
                 ],
             )
         }
-        "balances" => balances_batch(&l.balances().collect::<Vec<_>>()),
+        "balances" => balances_batch(&l.balances().take(limit).collect::<Vec<_>>()),
         "payouts" => {
-            let rows: Vec<_> = l.payouts().collect();
+            let rows: Vec<_> = l.payouts().take(limit).collect();
             batch(
                 vec![bigint("epoch"), text("account"), bigint("amount")],
                 vec![
@@ -509,7 +519,7 @@ pub fn build(table: &str, l: &Ledger) -> Option<Result<RecordBatch, ArrowError>>
             )
         }
         "epochs" => {
-            let rows: Vec<_> = l.epochs().collect();
+            let rows: Vec<_> = l.epochs().take(limit).collect();
             batch(
                 vec![
                     bigint("epoch"),

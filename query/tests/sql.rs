@@ -827,6 +827,10 @@ fn direct_reads_answer_exactly_as_datafusion_does() {
     // Without an order, any rows are right: as many as asked for.
     let rows = |b: Vec<RecordBatch>| b.iter().map(|b| b.num_rows()).sum::<usize>();
     assert_eq!(rows(sql.query_blocking("SELECT * FROM contributions LIMIT 7").unwrap()), 7);
+    let q = "SELECT contribution FROM contributions LIMIT 7 OFFSET 3";
+    assert_eq!(rows(sql.query_blocking(q).unwrap()), 7);
+    let q = "SELECT contribution FROM contributions LIMIT 7 OFFSET 1000000000";
+    assert_eq!(rows(sql.query_blocking(q).unwrap()), 0);
     // A prepared lookup binds its key at each Execute; a NULL key goes the general way.
     let text = "SELECT earned, settled, pending FROM balances WHERE account = $1";
     let statement = Sql::parse(text).unwrap().statements.remove(0);

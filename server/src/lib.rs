@@ -5,6 +5,7 @@
 //! (see `tally_query`), run past the statement time limit, or skip authentication outside
 //! development mode (no users configured: loopback only).
 
+mod coalesce;
 mod connection;
 mod flight;
 mod frames;

@@ -3,6 +3,8 @@
 //! client could otherwise stretch without end: the time to finish startup and authentication,
 //! the time a connection may wait idle for its next message, and the size of a message
 //! (`frames.rs`). A connection over a limit gets a FATAL error saying which, and is closed.
+//! Output is held while the client's messages are handled and sent when the loop is about to
+//! wait for the next one (`coalesce.rs`): one write per round trip.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::codec::{Framed, FramedParts};
 
+use crate::coalesce::Coalesced;
 use crate::connection::{Connection, Prepared};
 use crate::frames::{self, Limited};
 use crate::settings::{session_duration, IDLE_TIMEOUT_KEY};
@@ -72,7 +75,7 @@ pub(crate) async fn serve(
     let parts = socket.into_parts();
     let mut io = Limited::new(parts.io);
     io.seen(&parts.read_buf).map_err(|e| PgWireError::IoError(std::io::Error::other(e)))?;
-    let mut limited = FramedParts::new(io, parts.codec);
+    let mut limited = FramedParts::new(Coalesced::new(io), parts.codec);
     limited.read_buf = parts.read_buf;
     limited.write_buf = parts.write_buf;
     let mut socket = Framed::from_parts(limited);
@@ -87,6 +90,12 @@ pub(crate) async fn serve(
         } else {
             session_duration(&socket, IDLE_TIMEOUT_KEY, limits.idle).map(|d| Instant::now() + d)
         };
+        // Pipelined messages (Bind, Execute, Sync in one packet) are answered in one write:
+        // the output waits until the loop would wait for the client.
+        if starting || !holds_a_message(socket.read_buffer()) {
+            socket.get_mut().release();
+            SinkExt::<PgWireBackendMessage>::flush(&mut socket).await?;
+        }
         let next = match wait_until {
             Some(at) => match tokio::time::timeout_at(at, socket.next()).await {
                 Ok(next) => next,
@@ -111,14 +120,30 @@ pub(crate) async fn serve(
             None => return Ok(()),
         };
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {
+            // What answered the messages before it (held when they came in one packet).
+            socket.get_mut().release();
+            let _ = SinkExt::<PgWireBackendMessage>::flush(&mut socket).await;
             return Ok(());
         }
+        socket.get_mut().hold();
         dispatch(&mut socket, message, &handlers).await?;
     }
 }
 
 /// A connection's framed socket over the stream `S`.
-type Socket<S> = Framed<S, PgWireMessageServerCodec<Prepared>>;
+type Socket<S> = Framed<Coalesced<S>, PgWireMessageServerCodec<Prepared>>;
+
+/// Whether `buf` starts with a whole typed message (type byte, length, body), which the loop
+/// can handle without waiting for the client.
+fn holds_a_message(buf: &[u8]) -> bool {
+    match buf.get(1..5) {
+        Some(len) => {
+            let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+            buf.len() > len
+        }
+        None => false,
+    }
+}
 
 async fn dispatch<S>(
     socket: &mut Socket<S>,
@@ -154,6 +179,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
 {
     tracing::info!(peer = %socket.socket_addr(), "closing connection: {message}");
+    socket.get_mut().release();
     let info = ErrorInfo::new("FATAL".into(), code.into(), message);
     socket.send(PgWireBackendMessage::ErrorResponse(info.into())).await?;
     socket.close().await?;

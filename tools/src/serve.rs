@@ -43,6 +43,10 @@ pub struct Args {
     /// PEM private key for --tls-cert.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
+    /// Answer every query through DataFusion's execution, also those a direct read of the
+    /// engine state answers: for A/B benchmarks of the two read paths (benches/wire).
+    #[arg(long, hide = true)]
+    pub no_direct_reads: bool,
     /// Connections served at once; more are refused (SQLSTATE 53300).
     #[arg(long, default_value_t = tally_server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -203,6 +207,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
     let (db, raft) = open(&args)?;
     let db = Arc::new(db);
     let sql = Sql::new(db.clone())?;
+    let sql = if args.no_direct_reads { sql.without_direct_reads() } else { sql };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(THREAD_STACK_BYTES)
         .enable_all()
