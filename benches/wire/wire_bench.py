@@ -746,7 +746,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=5.0, help="length of the throughput run")
     ap.add_argument("--settle", type=float, default=0.0,
                     help="seconds to wait after a target's load before its queries (work a load "
-                         "leaves behind, such as Tally's snapshot every 4 M events, then runs alone)")
+                         "leaves behind, such as autovacuum or a snapshot, then runs alone)")
     ap.add_argument("--no-prepare", action="store_true",
                     help="never use named prepared statements (psycopg prepares after 5 runs by default)")
     ap.add_argument("--derived", choices=["auto", "copy", "sql"], default="auto",
