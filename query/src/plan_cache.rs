@@ -28,8 +28,12 @@ pub(crate) struct PlanCache {
 }
 
 impl PlanCache {
-    /// The plan kept for `statement`, if any.
+    /// The plan kept for `statement`, if any. Only queries are kept, so nothing else is
+    /// hashed (an INSERT's statement may be megabytes of VALUES).
     pub fn get(&self, statement: &Statement) -> Option<Planned> {
+        if !matches!(statement, Statement::Query(_)) {
+            return None;
+        }
         self.plans.lock().expect("the plan cache is never poisoned").get(statement).cloned()
     }
 

@@ -93,8 +93,7 @@ pub(crate) async fn serve(
         // Pipelined messages (Bind, Execute, Sync in one packet) are answered in one write:
         // the output waits until the loop would wait for the client.
         if starting || !holds_a_message(socket.read_buffer()) {
-            socket.get_mut().release();
-            SinkExt::<PgWireBackendMessage>::flush(&mut socket).await?;
+            send_held(&mut socket).await?;
         }
         let next = match wait_until {
             Some(at) => match tokio::time::timeout_at(at, socket.next()).await {
@@ -121,8 +120,7 @@ pub(crate) async fn serve(
         };
         if matches!(message, PgWireFrontendMessage::Terminate(_)) {
             // What answered the messages before it (held when they came in one packet).
-            socket.get_mut().release();
-            let _ = SinkExt::<PgWireBackendMessage>::flush(&mut socket).await;
+            let _ = send_held(&mut socket).await;
             return Ok(());
         }
         socket.get_mut().hold();
@@ -132,6 +130,16 @@ pub(crate) async fn serve(
 
 /// A connection's framed socket over the stream `S`.
 type Socket<S> = Framed<Coalesced<S>, PgWireMessageServerCodec<Prepared>>;
+
+/// Writes the output held so far (`coalesce.rs`).
+async fn send_held<S>(socket: &mut Socket<S>) -> Result<(), PgWireError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
+{
+    socket.get_mut().release();
+    SinkExt::<PgWireBackendMessage>::flush(socket).await?;
+    Ok(())
+}
 
 /// Whether `buf` starts with a whole typed message (type byte, length, body), which the loop
 /// can handle without waiting for the client.
