@@ -130,6 +130,8 @@ impl Ledger {
         let o = &self.open;
         f.u64s(&o.inf_lsn);
         f.u64s(&o.inf_pool);
+        f.u64s(&o.inf_fee);
+        f.u32s(&o.inf_model);
         f.u32s(&o.inf_start);
         f.u32s(&o.e_contribution);
         f.u32s(&o.e_weight);

@@ -9,7 +9,7 @@
 //! | bytes  | holds |
 //! |---|---|
 //! | 0..8   | magic `TALLYIMG` |
-//! | 8..12  | format version, 2 |
+//! | 8..12  | format version, 3 |
 //! | 12..16 | zero (pads the header to 16-byte alignment) |
 //! | 16..24 | length of the archive in bytes |
 //! | 24..32 | xxh3-64 of the archive |
@@ -36,7 +36,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::fingerprint::FingerprintSet;
 use crate::id::PROTOCOL_ACCOUNT;
 use crate::intern::Interner;
-use crate::settle::{divide_pool, Bps, SettleInput, BPS_SCALE, MAX_ENTRIES};
+use crate::settle::{divide_pool, split_fee, Bps, SettleInput, BPS_SCALE, MAX_ENTRIES, MAX_FEE};
 use crate::state::{
     ClosedEpoch, ContributionMeta, ContributionRow, DatanetRow, EpochRow, Ledger, ModelRow,
     OpenEpoch, PolicyRow, RevocationRow, Role, Settling, MAX_OPEN_ENTRIES, NONE, PROTOCOL,
@@ -45,7 +45,8 @@ use crate::validate::MAX_REASON_BYTES;
 
 const MAGIC: &[u8; 8] = b"TALLYIMG";
 /// Bump on any change to `Image` or to what its fields mean. 2: `fingerprint_lsns`.
-const VERSION: u32 = 2;
+/// 3: the open epoch's `inf_fee` and `inf_model`.
+const VERSION: u32 = 3;
 /// Magic, version, zero, archive length, checksum: a multiple of the archive's alignment.
 const HEADER: usize = 32;
 /// The alignment rkyv lays the archive out for.
@@ -174,6 +175,8 @@ struct EpochImage {
 struct OpenImage<U64s, U32s, Roles> {
     inf_lsn: U64s,
     inf_pool: U64s,
+    inf_fee: U64s,
+    inf_model: U32s,
     inf_start: U32s,
     e_contribution: U32s,
     e_weight: U32s,
@@ -386,8 +389,8 @@ impl<'a> ImageOut<'a> {
             + 32 * o.rewards.0.len()
             + 48 * self.datanet_rows.len()
             + 80 * self.contribution_rows.len()
-            + 8 * (o.inf_lsn.0.len() + o.inf_pool.0.len() + o.e_reward.0.len())
-            + 4 * (o.inf_start.0.len() + o.e_contribution.0.len() + o.e_weight.0.len())
+            + 8 * (o.inf_lsn.0.len() + 2 * o.inf_pool.0.len() + o.e_reward.0.len())
+            + 4 * (2 * o.inf_start.0.len() + o.e_contribution.0.len() + o.e_weight.0.len())
     }
 
     fn of(l: &'a Ledger) -> Self {
@@ -478,6 +481,8 @@ impl<'a> ImageOut<'a> {
             open: OpenImage {
                 inf_lsn: Slice(&o.inf_lsn),
                 inf_pool: Slice(&o.inf_pool),
+                inf_fee: Slice(&o.inf_fee),
+                inf_model: Slice(&o.inf_model),
                 inf_start: Slice(&o.inf_start),
                 e_contribution: Slice(&o.e_contribution),
                 e_weight: Slice(&o.e_weight),
@@ -685,14 +690,9 @@ impl ImageIn {
         })?;
 
         let epochs = epochs_of(epochs, n_accounts, last_lsn, total_fees)?;
-        let open = open_epoch(
-            open,
-            epochs.last().expect("checked: an epoch is open"),
-            last_lsn,
-            &revoked,
-            &mut c_rows,
-            &d_rows,
-        )?;
+        let epoch = epochs.last().expect("checked: an epoch is open");
+        check_fees(&open, epoch, &m_rows, &p_rows)?;
+        let open = open_epoch(open, epoch, last_lsn, &revoked, &mut c_rows, &d_rows)?;
 
         Ok(Ledger {
             last_lsn,
@@ -717,6 +717,7 @@ impl ImageIn {
             open,
             settling: Settling::Incremental,
             scratch: Vec::new(),
+            batch: None,
         })
     }
 }
@@ -794,6 +795,39 @@ fn epochs_of(
     Ok(rows)
 }
 
+/// Checks each open-epoch inference's fee and model: a known model, a fee within bounds, the
+/// pool that splitting that fee under the policy in force at its lsn leaves, and fees that add
+/// up to the epoch's. A what-if settlement splits these fees again, so they must be the ones
+/// the pools came from.
+fn check_fees(
+    o: &OpenImage<Vec<u64>, Vec<u32>, Vec<[u64; 4]>>,
+    epoch: &EpochRow,
+    models: &[ModelRow],
+    policies: &[PolicyRow],
+) -> Result<(), ImageError> {
+    let n = o.inf_pool.len();
+    ensure(o.inf_fee.len() == n && o.inf_model.len() == n && o.inf_lsn.len() == n, "open", || {
+        "per-inference arrays differ in length".into()
+    })?;
+    let mut fees: u128 = 0;
+    for i in 0..n {
+        let (fee, lsn) = (o.inf_fee[i], o.inf_lsn[i]);
+        let model = models.get(o.inf_model[i] as usize);
+        let in_force = policies.partition_point(|p| p.lsn < lsn);
+        let bps = in_force.checked_sub(1).map_or(Bps::DEFAULT, |p| policies[p].bps);
+        let pool_ok = model.is_some_and(|m| {
+            fee <= MAX_FEE as u64 && split_fee(fee, bps, m.base.is_some()).pool == o.inf_pool[i]
+        });
+        ensure(pool_ok, "open.inf_fee", || {
+            format!("inference {i}: its fee, model and pool do not agree")
+        })?;
+        fees += u128::from(fee);
+    }
+    ensure(fees == u128::from(epoch.fees), "open.inf_fee", || {
+        format!("fees add up to {fees}, the epoch counts {}", epoch.fees)
+    })
+}
+
 /// Checks the open epoch's arrays and rebuilds its chains. Beyond shapes and ids, it checks
 /// what applying relies on to never underflow or fail an assertion: each entry's reward is
 /// what `divide_pool` gives now (re-settlement subtracts the old rewards from the pool), the
@@ -814,12 +848,16 @@ fn open_epoch(
         || "per-inference or per-entry arrays differ in length".into(),
     )?;
     ensure(m as u64 <= MAX_OPEN_ENTRIES, "open", || format!("{m} entries"))?;
+    let contributor: Vec<u32> = c_rows.iter().map(|r| r.contributor).collect();
     let input = SettleInput {
         entry_start: &o.inf_start,
         pool: &o.inf_pool,
         contribution: &o.e_contribution,
         weight: &o.e_weight,
         revoked,
+        contributor: &contributor,
+        // One credit row per account.
+        accounts: o.rewards.len(),
     };
     // Starts, spans, contribution ids, weights and pools: what settlement indexes by.
     input.check().map_err(|e| bad("open", e.0))?;
@@ -883,6 +921,8 @@ fn open_epoch(
     Ok(OpenEpoch {
         inf_lsn: o.inf_lsn,
         inf_pool: o.inf_pool,
+        inf_fee: o.inf_fee,
+        inf_model: o.inf_model,
         inf_start: o.inf_start,
         e_contribution: o.e_contribution,
         e_weight: o.e_weight,
@@ -1149,7 +1189,12 @@ mod tests {
             }),
             ("open", |i| i.epochs[1].inferences += 1),
             ("open.inf_lsn", |i| i.open.inf_lsn.swap(0, 1)),
-            ("open.inf_pool", |i| i.open.inf_pool[0] = 1 << 39),
+            ("open.inf_fee", |i| i.open.inf_pool[0] = 1 << 39),
+            ("open.inf_fee", |i| i.open.inf_fee[0] += 1),
+            ("open.inf_fee", |i| i.open.inf_model[0] = 99),
+            ("open", |i| {
+                i.open.inf_fee.pop();
+            }),
             ("open.e_reward", |i| i.open.e_reward.swap(0, 2)),
             ("open.rewards", |i| {
                 let c = Role::Contributor as usize;

@@ -19,6 +19,7 @@ mod read;
 mod replay;
 pub mod settle;
 mod shape;
+mod simulate;
 mod state;
 mod validate;
 pub mod weight;
@@ -35,8 +36,12 @@ pub use read::{
     BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutView,
     PolicyView, RevocationView, RewardView, SettlementView,
 };
-pub use replay::replay;
+pub use replay::{replay, replay_onto};
 pub use settle::{BatchSettler, CpuSettler, SettleError, SettleInput, SettleOutput};
 pub use shape::first_malformed;
-pub use state::{Applied, InferenceHistory, Ledger, MemoryReport, Role, MAX_OPEN_ENTRIES};
+pub use simulate::{SimulateError, WhatIf};
+pub use state::{
+    Applied, InferenceHistory, Ledger, MemoryReport, Role, DEFAULT_BATCH_RESETTLE_INFERENCES,
+    MAX_OPEN_ENTRIES,
+};
 pub use validate::{MAX_BATCH_EVENTS, MAX_REASON_BYTES};

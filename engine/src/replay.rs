@@ -20,8 +20,22 @@ where
     I: IntoIterator,
     I::Item: Borrow<LoggedEvent>,
 {
-    let mut ledger = Ledger::new();
-    ledger.settling = Settling::Deferred;
+    replay_onto(Ledger::new(), events, settler)
+}
+
+/// Continues `ledger` (a snapshot's state, say) with the events that follow it, replayed as
+/// `replay` does: the open epoch's pools are taken back and divided again once, at the next
+/// settlement or at the end, by `settler`. The events must start at `ledger.last_lsn() + 1`.
+pub fn replay_onto<I>(
+    mut ledger: Ledger,
+    events: I,
+    settler: &dyn BatchSettler,
+) -> Result<Ledger, ReplayError>
+where
+    I: IntoIterator,
+    I::Item: Borrow<LoggedEvent>,
+{
+    ledger.defer();
     let mut chunk: Vec<I::Item> = Vec::with_capacity(REPLAY_CHUNK);
     let flush = |ledger: &mut Ledger, chunk: &mut Vec<I::Item>| {
         let refs: Vec<&LoggedEvent> = chunk.iter().map(Borrow::borrow).collect();

@@ -25,6 +25,15 @@ impl Bps {
     /// The split before any policy event (ledger.md "Policy").
     pub const DEFAULT: Bps = Bps { protocol: 1000, model: 2000, base: 1000 };
 
+    /// A split as a user writes it: `None` unless each part is from 0 to 10000 and their sum
+    /// at most 10000 (what a `policy` event must satisfy).
+    pub fn new(protocol: i64, model: i64, base: i64) -> Option<Bps> {
+        let part = |b: i64| u16::try_from(b).ok().filter(|&b| u64::from(b) <= BPS_SCALE);
+        let bps = Bps { protocol: part(protocol)?, model: part(model)?, base: part(base)? };
+        let sum = u64::from(bps.protocol) + u64::from(bps.model) + u64::from(bps.base);
+        (sum <= BPS_SCALE).then_some(bps)
+    }
+
     pub fn contributors(self) -> u16 {
         let sum = self.protocol + self.model + self.base;
         debug_assert!(u64::from(sum) <= BPS_SCALE);
@@ -95,7 +104,9 @@ pub fn divide_pool(
 /// One epoch's inferences as flat arrays, for a batch backend (CPU or GPU).
 ///
 /// Inference `i` owns entries `entry_start[i]..entry_start[i + 1]`. An entry is valid when its
-/// weight is > 0 and `revoked[contribution]` is 0.
+/// weight is > 0 and `revoked[contribution]` is 0. `revoked` and `contributor` have one
+/// element per contribution of the ledger; `contributor[c]` is the account (< `accounts`) that
+/// contribution `c`'s rewards are credited to.
 #[derive(Debug, Clone, Copy)]
 pub struct SettleInput<'a> {
     pub entry_start: &'a [u32],
@@ -103,6 +114,8 @@ pub struct SettleInput<'a> {
     pub contribution: &'a [u32],
     pub weight: &'a [u32],
     pub revoked: &'a [u8],
+    pub contributor: &'a [u32],
+    pub accounts: usize,
 }
 
 impl SettleInput<'_> {
@@ -132,6 +145,12 @@ impl SettleInput<'_> {
         if self.contribution.iter().any(|&c| c as usize >= self.revoked.len()) {
             return fail("a contribution id is outside the revoked table");
         }
+        if self.contributor.len() != self.revoked.len() {
+            return fail("contributor and revoked must have one element per contribution");
+        }
+        if self.contributor.iter().any(|&a| a as usize >= self.accounts) {
+            return fail("a contributor account is outside the account table");
+        }
         if self.weight.iter().any(|&w| w > crate::weight::WEIGHT_SCALE) {
             return fail("a weight is above 1000000");
         }
@@ -142,12 +161,30 @@ impl SettleInput<'_> {
     }
 }
 
-/// Where a backend writes its results: a reward per entry, and per inference the part of the
-/// pool that goes to `$protocol` (the whole pool when no entry is valid).
+/// Where a backend writes its results (every element overwritten): a reward per entry; per
+/// inference the part of the pool that goes to `$protocol` (the whole pool when no entry is
+/// valid); per contribution the sum of its entries' rewards; per account the sum of the
+/// rewards of the contributions it is the contributor of (its `contributor` role credits).
 #[derive(Debug)]
 pub struct SettleOutput<'a> {
     pub reward: &'a mut [u64],
     pub unassigned: &'a mut [u64],
+    pub contribution_total: &'a mut [u64],
+    pub account_total: &'a mut [u64],
+}
+
+impl SettleOutput<'_> {
+    /// Checks that every output array has its input's length.
+    pub fn check(&self, input: &SettleInput<'_>) -> Result<(), SettleError> {
+        if self.reward.len() != input.entries()
+            || self.unassigned.len() != input.inferences()
+            || self.contribution_total.len() != input.revoked.len()
+            || self.account_total.len() != input.accounts
+        {
+            return Err(SettleError("output arrays have the wrong length".into()));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,7 +192,7 @@ pub struct SettleOutput<'a> {
 pub struct SettleError(pub String);
 
 /// Settles many inferences at once. Every implementation must give, to the unit, what
-/// `divide_pool` gives for each inference.
+/// `divide_pool` gives for each inference, and the totals those rewards add up to.
 pub trait BatchSettler: Send + Sync {
     fn name(&self) -> &str;
     fn settle(&self, input: &SettleInput<'_>, out: SettleOutput<'_>) -> Result<(), SettleError>;
@@ -175,38 +212,59 @@ impl BatchSettler for CpuSettler {
 
     fn settle(&self, input: &SettleInput<'_>, out: SettleOutput<'_>) -> Result<(), SettleError> {
         input.check()?;
-        if out.reward.len() != input.entries() || out.unassigned.len() != input.inferences() {
-            return Err(SettleError("output arrays have the wrong length".into()));
-        }
-        // Cut both outputs at inference boundaries so each task owns disjoint slices.
-        let mut tasks = Vec::new();
-        let (mut reward, mut unassigned) = (out.reward, out.unassigned);
-        let mut first = 0;
-        while first < input.inferences() {
-            let last = (first + CPU_CHUNK).min(input.inferences());
-            let entries = (input.entry_start[last] - input.entry_start[first]) as usize;
-            let (r, r_rest) = reward.split_at_mut(entries);
-            let (u, u_rest) = unassigned.split_at_mut(last - first);
-            tasks.push((first, r, u));
-            reward = r_rest;
-            unassigned = u_rest;
-            first = last;
-        }
-        tasks.into_par_iter().for_each(|(first, reward, unassigned)| {
-            let base = input.entry_start[first] as usize;
-            for (k, slot) in unassigned.iter_mut().enumerate() {
-                let i = first + k;
-                let (s, e) = (input.entry_start[i] as usize, input.entry_start[i + 1] as usize);
-                let contribution = &input.contribution[s..e];
-                *slot = divide_pool(
-                    input.pool[i],
-                    &input.weight[s..e],
-                    |j| input.revoked[contribution[j] as usize] == 0,
-                    &mut reward[s - base..e - base],
-                );
-            }
-        });
+        out.check(input)?;
+        divide_pools(input, out.reward, out.unassigned);
+        add_up(input, out.reward, out.contribution_total, out.account_total);
         Ok(())
+    }
+}
+
+/// Every inference's `divide_pool`, in parallel over chunks of inferences.
+fn divide_pools(input: &SettleInput<'_>, mut reward: &mut [u64], mut unassigned: &mut [u64]) {
+    // Cut both outputs at inference boundaries so each task owns disjoint slices.
+    let mut tasks = Vec::new();
+    let mut first = 0;
+    while first < input.inferences() {
+        let last = (first + CPU_CHUNK).min(input.inferences());
+        let entries = (input.entry_start[last] - input.entry_start[first]) as usize;
+        let (r, r_rest) = reward.split_at_mut(entries);
+        let (u, u_rest) = unassigned.split_at_mut(last - first);
+        tasks.push((first, r, u));
+        reward = r_rest;
+        unassigned = u_rest;
+        first = last;
+    }
+    tasks.into_par_iter().for_each(|(first, reward, unassigned)| {
+        let base = input.entry_start[first] as usize;
+        for (k, slot) in unassigned.iter_mut().enumerate() {
+            let i = first + k;
+            let (s, e) = (input.entry_start[i] as usize, input.entry_start[i + 1] as usize);
+            let contribution = &input.contribution[s..e];
+            *slot = divide_pool(
+                input.pool[i],
+                &input.weight[s..e],
+                |j| input.revoked[contribution[j] as usize] == 0,
+                &mut reward[s - base..e - base],
+            );
+        }
+    });
+}
+
+/// The per-contribution and per-account sums of `reward`. Integer sums: any order gives the
+/// same totals, and each fits because it is a part of the ledger's fee total.
+fn add_up(
+    input: &SettleInput<'_>,
+    reward: &[u64],
+    by_contribution: &mut [u64],
+    by_account: &mut [u64],
+) {
+    by_contribution.fill(0);
+    by_account.fill(0);
+    for (&c, &r) in input.contribution.iter().zip(reward) {
+        by_contribution[c as usize] += r;
+    }
+    for (&account, &total) in input.contributor.iter().zip(by_contribution.iter()) {
+        by_account[account as usize] += total;
     }
 }
 
@@ -256,20 +314,31 @@ mod tests {
         let contribution = [0u32, 1, 2, 1, 2];
         let weight = [1_000_000u32, 333_333, 333_333, 0, 4];
         let revoked = [0u8, 0, 1];
+        let contributor = [1u32, 2, 1];
         let input = SettleInput {
             entry_start: &entry_start,
             pool: &pool,
             contribution: &contribution,
             weight: &weight,
             revoked: &revoked,
+            contributor: &contributor,
+            accounts: 3,
         };
         let mut reward = [0u64; 5];
         let mut unassigned = [0u64; 3];
-        CpuSettler
-            .settle(&input, SettleOutput { reward: &mut reward, unassigned: &mut unassigned })
-            .unwrap();
+        let mut by_contribution = [7u64; 3];
+        let mut by_account = [7u64; 3];
+        let out = SettleOutput {
+            reward: &mut reward,
+            unassigned: &mut unassigned,
+            contribution_total: &mut by_contribution,
+            account_total: &mut by_account,
+        };
+        CpuSettler.settle(&input, out).unwrap();
         assert_eq!(reward, [451, 150, 0, 0, 0]);
         assert_eq!(unassigned, [0, 9, 1000]);
+        assert_eq!(by_contribution, [451, 150, 0]);
+        assert_eq!(by_account, [0, 451, 150]);
     }
 
     #[test]
@@ -280,10 +349,17 @@ mod tests {
             contribution: &[0, 9],
             weight: &[1, 1],
             revoked: &[0],
+            contributor: &[0],
+            accounts: 1,
         };
-        let mut reward = [0u64; 2];
-        let mut unassigned = [0u64; 1];
-        let out = SettleOutput { reward: &mut reward, unassigned: &mut unassigned };
+        let (mut reward, mut unassigned, mut by_c, mut by_a) =
+            ([0u64; 2], [0u64; 1], [0; 1], [0; 1]);
+        let out = SettleOutput {
+            reward: &mut reward,
+            unassigned: &mut unassigned,
+            contribution_total: &mut by_c,
+            account_total: &mut by_a,
+        };
         assert!(CpuSettler.settle(&input, out).is_err());
     }
 }

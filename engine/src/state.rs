@@ -22,6 +22,17 @@ pub(crate) const PROTOCOL: u32 = 0;
 pub(crate) const NONE: u32 = u32::MAX;
 /// Most attribution entries the open epoch can hold (entry offsets are u32).
 pub const MAX_OPEN_ENTRIES: u64 = (u32::MAX - 1) as u64;
+/// Open-epoch inferences a revocation must touch before they are re-settled together by the
+/// attached batch backend rather than one by one (`Ledger::attach_batch_settler`); measured
+/// in docs/benchmarks.md ("Re-settlement after a revocation").
+pub const DEFAULT_BATCH_RESETTLE_INFERENCES: usize = 65_536;
+
+/// A batch backend for re-settling many inferences at once, and from how many on to use it.
+#[derive(Clone)]
+pub(crate) struct BatchResettle {
+    pub settler: std::sync::Arc<dyn BatchSettler>,
+    pub min_inferences: usize,
+}
 
 /// Who a credit is for (settlement.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -152,6 +163,9 @@ pub(crate) struct OpenEpoch {
     /// Per inference.
     pub inf_lsn: Vec<u64>,
     pub inf_pool: Vec<u64>,
+    /// The fee and the served model: what a what-if settlement splits again (`simulate.rs`).
+    pub inf_fee: Vec<u64>,
+    pub inf_model: Vec<u32>,
     /// Inference i owns entries `inf_start[i]..inf_start[i + 1]`; always starts with 0.
     pub inf_start: Vec<u32>,
     /// Per entry.
@@ -183,10 +197,12 @@ impl OpenEpoch {
     }
 
     fn reset(&mut self) {
-        for v in [&mut self.inf_lsn, &mut self.inf_pool, &mut self.e_reward] {
+        for v in [&mut self.inf_lsn, &mut self.inf_pool, &mut self.inf_fee, &mut self.e_reward] {
             v.clear();
         }
-        for v in [&mut self.e_contribution, &mut self.e_weight, &mut self.e_next] {
+        for v in
+            [&mut self.e_contribution, &mut self.e_weight, &mut self.e_next, &mut self.inf_model]
+        {
             v.clear();
         }
         self.inf_start.clear();
@@ -235,6 +251,19 @@ pub struct Ledger {
     pub(crate) settling: Settling,
     /// Scratch for re-settlement, to keep allocation off the revocation path.
     pub(crate) scratch: Vec<u64>,
+    /// Where a revocation that touches many inferences re-settles them (none: one by one).
+    /// Not part of the state: never in an image or the digest.
+    pub(crate) batch: Option<BatchResettle>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("last_lsn", &self.last_lsn)
+            .field("open_epoch", &self.open_epoch())
+            .field("open_entries", &self.open.entries())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Ledger {
@@ -287,7 +316,25 @@ impl Ledger {
             open,
             settling: Settling::Incremental,
             scratch: Vec::new(),
+            batch: None,
         }
+    }
+
+    /// Re-settles the inferences of a revocation that touches at least `min_inferences` of
+    /// them through `settler` at once (a GPU, or the CPU's cores) instead of one by one. The
+    /// numbers are the same either way; only the time differs. A backend that fails is
+    /// passed over for the one-by-one path, so applying never fails.
+    pub fn attach_batch_settler(
+        &mut self,
+        settler: std::sync::Arc<dyn BatchSettler>,
+        min_inferences: usize,
+    ) {
+        self.batch = Some(BatchResettle { settler, min_inferences });
+    }
+
+    /// The backend `attach_batch_settler` attached, and its threshold.
+    pub fn batch_settler(&self) -> Option<(std::sync::Arc<dyn BatchSettler>, usize)> {
+        self.batch.as_ref().map(|b| (b.settler.clone(), b.min_inferences))
     }
 
     pub fn last_lsn(&self) -> u64 {
@@ -507,6 +554,8 @@ impl Ledger {
         let end = open.entries();
         open.inf_lsn.push(lsn);
         open.inf_pool.push(split.pool);
+        open.inf_fee.push(fee);
+        open.inf_model.push(model);
         open.inf_start.push(end as u32);
         if self.settling == Settling::Incremental {
             let revoked = &self.revoked;
@@ -557,42 +606,124 @@ impl Ledger {
         if self.settling == Settling::Deferred {
             return;
         }
+        let mut touched = Vec::new();
         let mut entry = self.contribution_rows[c as usize].head;
         while entry != NONE {
-            let inference = self.open.inference_of_entry(entry as usize);
-            self.resettle(inference);
+            touched.push(self.open.inference_of_entry(entry as usize) as u32);
             entry = self.open.e_next[entry as usize];
         }
+        let batch = self.batch.clone().filter(|b| touched.len() >= b.min_inferences);
+        if let Some(batch) = batch {
+            if self.resettle_batch(&touched, batch.settler.as_ref()).is_ok() {
+                return;
+            }
+        }
+        for inference in touched {
+            self.resettle(inference as usize);
+        }
+    }
+
+    /// `resettle` for many inferences at once: their entries are gathered into one batch for
+    /// `settler`, and the differences moved as `resettle` moves them. Changes nothing when the
+    /// backend fails.
+    fn resettle_batch(
+        &mut self,
+        inferences: &[u32],
+        settler: &dyn BatchSettler,
+    ) -> Result<(), crate::settle::SettleError> {
+        let o = &self.open;
+        let mut entry_start = Vec::with_capacity(inferences.len() + 1);
+        entry_start.push(0u32);
+        let (mut contribution, mut weight, mut pool) = (Vec::new(), Vec::new(), Vec::new());
+        for &i in inferences {
+            let range = o.entry_range(i as usize);
+            contribution.extend_from_slice(&o.e_contribution[range.clone()]);
+            weight.extend_from_slice(&o.e_weight[range]);
+            entry_start.push(weight.len() as u32);
+            pool.push(o.inf_pool[i as usize]);
+        }
+        let contributor: Vec<u32> = self.contribution_rows.iter().map(|r| r.contributor).collect();
+        let mut reward = vec![0u64; weight.len()];
+        let mut unassigned = vec![0u64; pool.len()];
+        let (mut by_c, mut by_a) = (vec![0u64; contributor.len()], vec![0u64; self.accounts.len()]);
+        let input = SettleInput {
+            entry_start: &entry_start,
+            pool: &pool,
+            contribution: &contribution,
+            weight: &weight,
+            revoked: &self.revoked,
+            contributor: &contributor,
+            accounts: by_a.len(),
+        };
+        let out = SettleOutput {
+            reward: &mut reward,
+            unassigned: &mut unassigned,
+            contribution_total: &mut by_c,
+            account_total: &mut by_a,
+        };
+        settler.settle(&input, out)?;
+        for (k, &i) in inferences.iter().enumerate() {
+            let new = &reward[entry_start[k] as usize..entry_start[k + 1] as usize];
+            self.move_rewards(i as usize, new, unassigned[k]);
+        }
+        Ok(())
+    }
+
+    /// Replaces inference `inference`'s entry rewards with `new` (and the part of its pool
+    /// that falls to `$protocol` with `new_unassigned`), moving the differences.
+    fn move_rewards(&mut self, inference: usize, new: &[u64], new_unassigned: u64) {
+        let range = self.open.entry_range(inference);
+        let pool = self.open.inf_pool[inference];
+        let old_unassigned = pool - self.open.e_reward[range.clone()].iter().sum::<u64>();
+        for (e, &after) in range.zip(new) {
+            let before = self.open.e_reward[e];
+            if before != after {
+                let c = self.open.e_contribution[e];
+                self.debit_contribution(c, before);
+                self.credit_contribution(c, after);
+                self.open.e_reward[e] = after;
+            }
+        }
+        let protocol = &mut self.open.rewards[PROTOCOL as usize][Role::Protocol as usize];
+        *protocol = *protocol - old_unassigned + new_unassigned;
+    }
+
+    /// Takes back every credit the open epoch's pools gave and leaves the state in deferred
+    /// mode, as replay holds it: the pools are divided again, all at once, by
+    /// `settle_deferred`. Fees and the fixed parts of each split stay credited.
+    pub(crate) fn defer(&mut self) {
+        if self.settling == Settling::Deferred {
+            return;
+        }
+        let given: u64 = self.open.e_reward.iter().sum();
+        let pools: u64 = self.open.inf_pool.iter().sum();
+        for e in 0..self.open.entries() {
+            let reward = std::mem::take(&mut self.open.e_reward[e]);
+            if reward > 0 {
+                self.debit_contribution(self.open.e_contribution[e], reward);
+            }
+        }
+        self.open.rewards[PROTOCOL as usize][Role::Protocol as usize] -= pools - given;
+        self.settling = Settling::Deferred;
     }
 
     /// Re-divides one open-epoch inference's pool under the current revocations and moves the
     /// differences between accounts. Fees and the fixed parts never change.
     fn resettle(&mut self, inference: usize) {
         let range = self.open.entry_range(inference);
-        let pool = self.open.inf_pool[inference];
-        let mut old = std::mem::take(&mut self.scratch);
-        old.clear();
-        old.extend_from_slice(&self.open.e_reward[range.clone()]);
-        let old_unassigned = pool - old.iter().sum::<u64>();
+        let mut new = std::mem::take(&mut self.scratch);
+        new.clear();
+        new.resize(range.len(), 0);
         let revoked = &self.revoked;
         let contribution = &self.open.e_contribution[range.clone()];
-        let new_unassigned = divide_pool(
-            pool,
-            &self.open.e_weight[range.clone()],
+        let unassigned = divide_pool(
+            self.open.inf_pool[inference],
+            &self.open.e_weight[range],
             |j| revoked[contribution[j] as usize] == 0,
-            &mut self.open.e_reward[range.clone()],
+            &mut new,
         );
-        for (k, e) in range.enumerate() {
-            let (before, after) = (old[k], self.open.e_reward[e]);
-            if before != after {
-                let c = self.open.e_contribution[e];
-                self.debit_contribution(c, before);
-                self.credit_contribution(c, after);
-            }
-        }
-        let protocol = &mut self.open.rewards[PROTOCOL as usize][Role::Protocol as usize];
-        *protocol = *protocol - old_unassigned + new_unassigned;
-        self.scratch = old;
+        self.move_rewards(inference, &new, unassigned);
+        self.scratch = new;
     }
 
     /// Closes the open epoch at `lsn`: freezes its rewards, computes payouts and their Merkle
@@ -650,8 +781,10 @@ impl Ledger {
         settler: &dyn BatchSettler,
     ) -> Result<(), ReplayError> {
         assert_eq!(self.settling, Settling::Deferred);
-        let n = self.open.inferences();
-        let mut unassigned = vec![0u64; n];
+        let contributor: Vec<u32> = self.contribution_rows.iter().map(|r| r.contributor).collect();
+        let mut unassigned = vec![0u64; self.open.inferences()];
+        let mut by_contribution = vec![0u64; contributor.len()];
+        let mut by_account = vec![0u64; self.accounts.len()];
         let open = &mut self.open;
         let input = SettleInput {
             entry_start: &open.inf_start,
@@ -659,20 +792,29 @@ impl Ledger {
             contribution: &open.e_contribution,
             weight: &open.e_weight,
             revoked: &self.revoked,
+            contributor: &contributor,
+            accounts: by_account.len(),
+        };
+        let out = SettleOutput {
+            reward: &mut open.e_reward,
+            unassigned: &mut unassigned,
+            contribution_total: &mut by_contribution,
+            account_total: &mut by_account,
         };
         settler
-            .settle(
-                &input,
-                SettleOutput { reward: &mut open.e_reward, unassigned: &mut unassigned },
-            )
+            .settle(&input, out)
             .map_err(|e| ReplayError::Settler(format!("{}: {e}", settler.name())))?;
         let to_protocol: u64 = unassigned.iter().sum();
         self.credit(PROTOCOL, Role::Protocol, to_protocol);
-        for e in 0..self.open.entries() {
-            let reward = self.open.e_reward[e];
-            if reward > 0 {
-                self.credit_contribution(self.open.e_contribution[e], reward);
+        for (c, &earned) in by_contribution.iter().enumerate() {
+            if earned > 0 {
+                let row = &mut self.contribution_rows[c];
+                row.earned += earned;
+                self.datanet_rows[row.datanet as usize].earned += earned;
             }
+        }
+        for (account, &earned) in by_account.iter().enumerate() {
+            self.open.rewards[account][Role::Contributor as usize] += earned;
         }
         self.settling = Settling::Incremental;
         Ok(())
@@ -686,8 +828,9 @@ impl Ledger {
             + o.e_weight.capacity() * 4
             + o.e_reward.capacity() * 8
             + o.e_next.capacity() * 4;
-        let inference_bytes =
-            o.inf_lsn.capacity() * 8 + o.inf_pool.capacity() * 8 + o.inf_start.capacity() * 4;
+        let inference_bytes = (o.inf_lsn.capacity() + o.inf_pool.capacity() + o.inf_fee.capacity())
+            * 8
+            + (o.inf_start.capacity() + o.inf_model.capacity()) * 4;
         MemoryReport {
             open_entries: o.entries(),
             open_inferences: o.inferences(),

@@ -92,6 +92,7 @@ impl Direct {
     pub(crate) fn read(
         &self,
         db: &Database,
+        past: Option<&tally_engine::Ledger>,
         params: Option<&ParamValues>,
     ) -> Result<Option<RecordBatch>, QueryError> {
         let keys = match &self.keys {
@@ -106,7 +107,7 @@ impl Direct {
             (true, Some(fetch)) => self.skip.saturating_add(fetch),
             _ => usize::MAX,
         };
-        let batch = db.read(|l| match &keys {
+        let batch = crate::as_of::read(db, past, |l| match &keys {
             Some(keys) => tables::build_keyed(self.table, l, keys),
             None => tables::build_first(self.table, l, first),
         });

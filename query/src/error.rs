@@ -39,6 +39,10 @@ pub enum QueryError {
     /// A parameter of a request that is not valid, e.g. a streaming producer's id (22023).
     #[error("{0}")]
     InvalidParameter(String),
+    /// A write in a session that reads a past state (`SET tally.as_of_lsn`; SQLSTATE 25006,
+    /// PostgreSQL's read-only transaction).
+    #[error("cannot write while reading the past: {0}")]
+    ReadingThePast(String),
     /// A streaming batch that is not its producer's next (SQLSTATE 55000).
     #[error("{0}")]
     OutOfOrder(String),
@@ -86,7 +90,7 @@ impl QueryError {
     /// The PostgreSQL error code a client sees.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            QueryError::AppendOnly(_) => "25006",
+            QueryError::AppendOnly(_) | QueryError::ReadingThePast(_) => "25006",
             QueryError::NotAllowed(_) => "42501",
             QueryError::Refused { sqlstate, .. } => sqlstate,
             QueryError::TooLarge(_) => "54000",

@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::Statement;
+use tally_engine::Ledger;
 
 use crate::consistency::Consistency;
 use crate::direct::Direct;
@@ -108,6 +109,13 @@ impl Done {
     }
 }
 
+/// Whether a statement sets or resets one of the settings the SQL session itself keeps
+/// (`tally.read_consistency`, `tally.as_of_lsn`).
+fn is_session_setting(statement: &Statement) -> bool {
+    crate::consistency::of_setting(statement).is_some()
+        || crate::as_of::of_setting(statement).is_some()
+}
+
 /// Whether a statement is a setting of the client's session (`Outcome::Setting`).
 fn is_setting(statement: &Statement) -> bool {
     matches!(
@@ -160,9 +168,18 @@ impl Sql {
             if let Some(consistency) = crate::consistency::of_setting(statement) {
                 session.consistency = consistency?;
             }
+            if let Some(as_of) = crate::as_of::of_setting(statement) {
+                session.as_of = self.as_of_lsn(as_of?)?;
+            }
             return Ok(Outcome::Setting);
         }
         Sql::check(statement, access)?;
+        if let (Some(lsn), Some(what)) = (session.as_of, crate::session::modifying(statement)) {
+            return Err(QueryError::ReadingThePast(format!(
+                "{what} while {} = {lsn}: RESET it to write",
+                crate::as_of::AS_OF_LSN
+            )));
+        }
         if let Some(copy) = CopyIn::from_statement(statement) {
             return copy.map(Outcome::CopyIn);
         }
@@ -184,9 +201,17 @@ impl Sql {
                 stopped = &mut stop => return Err(stopped),
             }
         }
+        let past = match session.as_of {
+            None => None,
+            Some(lsn) => tokio::select! {
+                biased;
+                past = self.past_states().at(self.database(), lsn) => Some(past?),
+                stopped = &mut stop => return Err(stopped),
+            },
+        };
         let output = tokio::select! {
             biased;
-            output = self.plan_and_run(request) => output?,
+            output = self.plan_and_run(request, past) => output?,
             stopped = &mut stop => return Err(stopped),
         };
         match (output, copy_out) {
@@ -206,14 +231,20 @@ impl Sql {
 
     /// Plans (unless planned already), binds and runs one statement; a heavy one on a
     /// blocking thread (`HEAVY_DEPTH`).
-    async fn plan_and_run(&self, request: Request<'_>) -> Result<Output, QueryError> {
+    async fn plan_and_run(
+        &self,
+        request: Request<'_>,
+        past: Option<Arc<Ledger>>,
+    ) -> Result<Output, QueryError> {
         let Request { statement, plan, params, heavy } = request;
         if !heavy {
-            return self.plan_bind_run(statement, plan, params).await;
+            return self.plan_bind_run(statement, plan, params, past).await;
         }
         let (this, statement) = (self.clone(), statement.clone());
-        self.on_blocking_thread(async move { this.plan_bind_run(&statement, plan, params).await })
-            .await
+        self.on_blocking_thread(
+            async move { this.plan_bind_run(&statement, plan, params, past).await },
+        )
+        .await
     }
 
     async fn plan_bind_run(
@@ -221,6 +252,7 @@ impl Sql {
         statement: &Statement,
         plan: Option<Planned>,
         params: Option<ParamValues>,
+        past: Option<Arc<Ledger>>,
     ) -> Result<Output, QueryError> {
         // Unprepared, a statement is planned as Parse plans it (a query once optimized, a
         // direct read's plan kept for the next time it comes).
@@ -233,7 +265,7 @@ impl Sql {
             None => Ok(plan),
         };
         if let Planned::Optimized { direct: Some(direct), .. } = &planned {
-            if let Some(batch) = direct.read(self.database(), params.as_ref())? {
+            if let Some(batch) = direct.read(self.database(), past.as_deref(), params.as_ref())? {
                 return Ok(Output::Rows(Rows::read(batch)));
             }
         }
@@ -244,7 +276,20 @@ impl Sql {
             }
             optimized @ Planned::Optimized { .. } => optimized,
         };
-        self.run(planned).await
+        self.run(planned, past).await
+    }
+
+    /// The session's `tally.as_of_lsn` once `SET` to `as_of`: an lsn must be one the ledger
+    /// has reached.
+    fn as_of_lsn(&self, as_of: Option<u64>) -> Result<Option<u64>, QueryError> {
+        let last = self.database().read(|l| l.last_lsn());
+        match as_of {
+            Some(lsn) if lsn > last => Err(QueryError::InvalidParameter(format!(
+                "{}: lsn {lsn} is past the ledger's last lsn {last}",
+                crate::as_of::AS_OF_LSN
+            ))),
+            other => Ok(other),
+        }
     }
 
     /// Plans a statement for Parse, a heavy one (`HEAVY_DEPTH`) on a blocking thread; a query
@@ -298,10 +343,11 @@ impl Sql {
     }
 
     /// Runs SQL text for the embedded API, one statement after another in one session (so
-    /// BEGIN … COMMIT works as on the wire), as a `writer`; returns the last statement's rows
-    /// (a write returns one `count` row, any other command none).
+    /// BEGIN … COMMIT works as on the wire, and `SET tally.as_of_lsn` holds for the statements
+    /// after it), as a `writer`; returns the last statement's rows (a write returns one `count`
+    /// row, any other command none).
     pub async fn query(&self, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
-        let parsed = Sql::parse(sql)?;
+        let parsed = self.parse_kept(sql)?;
         let mut session = Session::default();
         let mut last = Vec::new();
         for statement in &parsed.statements {
@@ -329,6 +375,9 @@ impl Sql {
                         "COPY TO STDOUT is for the wire protocol: run the query".into(),
                     ))
                 }
+                // The session's own settings hold for its next statements; the rest are
+                // the wire protocol's.
+                Outcome::Setting if is_session_setting(statement) => Vec::new(),
                 Outcome::Setting => {
                     return Err(QueryError::Unsupported(
                         "SET, SHOW and DISCARD are settings of a server session".into(),

@@ -5,6 +5,7 @@
 //! (`postgres.rs`); and the embedded database's `Sql::query`. No network here: the PostgreSQL
 //! wire protocol and the Flight endpoint live in `server/`.
 
+mod as_of;
 mod batch;
 mod column_names;
 mod complexity;
@@ -16,6 +17,7 @@ mod driver_catalog;
 mod error;
 mod execute;
 mod ingest;
+mod parse_cache;
 mod plan_cache;
 mod postgres;
 mod provider;
@@ -23,11 +25,13 @@ mod row;
 mod rows;
 mod session;
 mod set_functions;
+mod simulate;
 mod subquery;
 pub mod tables;
 mod transaction;
 mod value_limits;
 
+pub use as_of::{AS_OF_LSN, MAX_PAST_STATES};
 pub use batch::events_from_batch;
 pub use column_names::result_schema;
 pub use complexity::{check_statement_text, MAX_EXPRESSION_DEPTH, MAX_STATEMENT_BYTES};
@@ -39,6 +43,7 @@ pub use ingest::{DryRun, PendingBatch, MAX_DRY_RUN_ROWS};
 pub use postgres::POSTGRES_VERSION;
 pub use rows::Rows;
 pub use session::{Access, Parsed, Sql, QUERY_MEMORY_BYTES};
+pub use simulate::{MAX_SIMULATIONS, SIMULATE_SETTLEMENT};
 pub use transaction::{Session, Status};
 pub use value_limits::MAX_CALL_OUTPUT_BYTES;
 

@@ -35,6 +35,8 @@ use crate::{tables, QueryError};
 pub(crate) struct Snapshot {
     pub tables: HashMap<&'static str, RecordBatch>,
     pub logs: HashMap<&'static str, LogStretch>,
+    /// The past state the statement reads (`as_of.rs`); `None`: the live ledger.
+    pub past: Option<Arc<tally_engine::Ledger>>,
 }
 
 /// A stretch of the log a statement reads: lsns `range`, never past the lsn its snapshot was
@@ -42,6 +44,8 @@ pub(crate) struct Snapshot {
 #[derive(Clone)]
 pub(crate) struct LogStretch {
     pub db: Arc<Database>,
+    /// The past state the statement reads (`as_of.rs`), whose rewards `attributions` shows.
+    pub past: Option<Arc<tally_engine::Ledger>>,
     pub range: LsnRange,
     /// Lsns read per chunk.
     pub chunk: u64,
@@ -68,6 +72,7 @@ struct LogPartition {
 /// One chunk of a log table, and where the next chunk starts.
 fn log_chunk(
     db: &Database,
+    past: Option<&tally_engine::Ledger>,
     name: &'static str,
     stretch: tables::Stretch,
 ) -> Result<(RecordBatch, Option<ScanCursor>)> {
@@ -76,7 +81,8 @@ fn log_chunk(
         "inferences" | "attributions" => {
             let inferences = name == "inferences";
             let (i, a, next) =
-                tables::inference_stretch(db, stretch, inferences, !inferences).map_err(ours)?;
+                tables::inference_stretch(db, past, stretch, inferences, !inferences)
+                    .map_err(ours)?;
             let batch =
                 i.or(a).ok_or_else(|| DataFusionError::Internal(format!("{name}: no batch")))?;
             Ok((batch, next))
@@ -100,7 +106,7 @@ impl PartitionStream for LogPartition {
     fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
         let (name, stretch) = (self.name, self.stretch.clone());
         let stream = futures::stream::unfold(Scan::Start, move |scan| {
-            let db = stretch.db.clone();
+            let (db, past) = (stretch.db.clone(), stretch.past.clone());
             let LsnRange { from, to } = stretch.range;
             let max = usize::try_from(stretch.chunk).unwrap_or(usize::MAX);
             async move {
@@ -113,10 +119,12 @@ impl PartitionStream for LogPartition {
                     return None;
                 }
                 let part = tables::Stretch { from, to, at, max };
-                let chunk = tokio::task::spawn_blocking(move || log_chunk(&db, name, part))
-                    .await
-                    .map_err(|e| DataFusionError::External(Box::new(e)))
-                    .and_then(|r| r);
+                let chunk = tokio::task::spawn_blocking(move || {
+                    log_chunk(&db, past.as_deref(), name, part)
+                })
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+                .and_then(|r| r);
                 Some(match chunk {
                     Ok((batch, Some(next))) => (Ok(batch), Scan::At(next)),
                     Ok((batch, None)) => (Ok(batch), Scan::Done),

@@ -24,14 +24,16 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Ident, ObjectName, Query, SetExpr, Statement, TableObject};
 use datafusion::sql::sqlparser::parser::ParserError;
-use tally_engine::Event;
+use tally_engine::{Event, Ledger};
 use tally_storage::Database;
 use tokio::sync::Semaphore;
 
+use crate::as_of::{self, PastStates};
 use crate::complexity::check_statement_text;
 use crate::copy::CopyIn;
 use crate::direct::Direct;
 use crate::execute::Planned;
+use crate::parse_cache::ParseCache;
 use crate::plan_cache::PlanCache;
 use crate::provider::{lsn_bound, LedgerTable, LogStretch, LsnRange, Snapshot, Written};
 use crate::{row, tables, QueryError, Rows};
@@ -55,6 +57,7 @@ pub(crate) enum Output {
 }
 
 /// SQL text parsed into statements.
+#[derive(Clone)]
 pub struct Parsed {
     pub statements: Vec<Statement>,
     /// Its expressions nest deeper than `HEAVY_DEPTH`: planned on a blocking thread.
@@ -74,6 +77,10 @@ pub struct Sql {
     direct_reads: bool,
     /// Their plans, by statement (`plan_cache.rs`).
     plans: Arc<PlanCache>,
+    /// Queries as parsed, by text (`parse_cache.rs`).
+    pub(crate) parsed: Arc<ParseCache>,
+    /// Past states sessions read (`as_of.rs`).
+    past: Arc<PastStates>,
 }
 
 impl Sql {
@@ -105,11 +112,15 @@ impl Sql {
             let schema = b.expect("asked for").schema();
             ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
         }
+        let simulate = crate::simulate::SimulateSettlement::new(db.clone());
+        ctx.register_udtf(crate::simulate::SIMULATE_SETTLEMENT, Arc::new(simulate));
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let heavy_planning = Arc::new(Semaphore::new(cores));
         let log_chunk = crate::provider::LOG_CHUNK_LSNS;
         let plans = Arc::new(PlanCache::default());
-        Ok(Sql { db, ctx, log_chunk, heavy_planning, direct_reads: true, plans })
+        let parsed = Arc::new(ParseCache::default());
+        let past = Arc::new(PastStates::default());
+        Ok(Sql { db, ctx, log_chunk, heavy_planning, direct_reads: true, plans, parsed, past })
     }
 
     /// Reads the log's tables in chunks of `lsns` (default 65,536): smaller chunks use less
@@ -155,6 +166,10 @@ impl Sql {
         &self.plans
     }
 
+    pub(crate) fn past_states(&self) -> &PastStates {
+        &self.past
+    }
+
     /// Parses SQL text with PostgreSQL's dialect and the rewrites PostgreSQL clients need
     /// (`postgres.rs`), after checking its size and nesting (`complexity.rs`).
     pub fn parse(sql: &str) -> Result<Parsed, QueryError> {
@@ -162,6 +177,17 @@ impl Sql {
         let mut statements = crate::postgres::parse(sql).map_err(|e| Sql::parse_error(sql, e))?;
         statements.iter_mut().for_each(crate::set_functions::rewrite);
         Ok(Parsed { statements, heavy: depth > crate::execute::HEAVY_DEPTH })
+    }
+
+    /// `parse`, answered from the queries parsed before when `sql` is one of them
+    /// (`parse_cache.rs`): for text that clients send again and again.
+    pub fn parse_kept(&self, sql: &str) -> Result<Parsed, QueryError> {
+        if let Some(parsed) = self.parsed.get(sql) {
+            return Ok(parsed);
+        }
+        let parsed = Sql::parse(sql)?;
+        self.parsed.keep(sql, &parsed);
+        Ok(parsed)
     }
 
     /// The error for SQL that PostgreSQL's grammar rejects. DataFusion's own statements that
@@ -271,13 +297,17 @@ impl Sql {
     }
 
     /// Runs a planned statement against a snapshot of the tables it reads.
-    pub(crate) async fn run(&self, planned: Planned) -> Result<Output, QueryError> {
+    pub(crate) async fn run(
+        &self,
+        planned: Planned,
+        past: Option<Arc<Ledger>>,
+    ) -> Result<Output, QueryError> {
         // Optimized first, so that filters sit in the scans they were pushed down to.
         let plan = match planned {
             Planned::Logical(plan) => {
                 let plan = self.optimize(&uncast_insert(plan)?)?;
                 if let Some(direct) = self.direct(&plan) {
-                    if let Some(batch) = direct.read(&self.db, None)? {
+                    if let Some(batch) = direct.read(&self.db, past.as_deref(), None)? {
                         return Ok(Output::Rows(Rows::read(batch)));
                     }
                 }
@@ -295,11 +325,11 @@ impl Sql {
             .any(|t| names.get(*t).is_some_and(|r| r.keys.is_none()));
         let snapshot = if large {
             let this = self.clone();
-            tokio::task::spawn_blocking(move || this.snapshot(&names))
+            tokio::task::spawn_blocking(move || this.snapshot(&names, past))
                 .await
                 .map_err(|e| QueryError::Write(format!("the snapshot task failed: {e}")))??
         } else {
-            self.snapshot(&names)?
+            self.snapshot(&names, past)?
         };
         let snapshot = Arc::new(snapshot);
         let written = Arc::new(Written::default());
@@ -327,9 +357,13 @@ impl Sql {
         Ok(Output::Write { table, events })
     }
 
-    /// The rows of the named tables, all at one lsn.
-    fn snapshot(&self, names: &BTreeMap<String, Reads>) -> Result<Snapshot, QueryError> {
-        let mut snapshot = Snapshot::default();
+    /// The rows of the named tables, all at one lsn: the live ledger's, or `past`'s.
+    fn snapshot(
+        &self,
+        names: &BTreeMap<String, Reads>,
+        past: Option<Arc<Ledger>>,
+    ) -> Result<Snapshot, QueryError> {
+        let mut snapshot = Snapshot { past: past.clone(), ..Snapshot::default() };
         let wanted: Vec<(&'static str, Option<&BTreeSet<String>>)> = tables::TABLES
             .iter()
             .filter_map(|t| names.get(*t).map(|r| (*t, r.keys.as_ref())))
@@ -338,7 +372,7 @@ impl Sql {
             .iter()
             .filter_map(|t| names.get(*t).and_then(|r| r.keys.as_ref()))
             .flatten();
-        let (built, pinned, at_inferences) = self.db.read(|l| {
+        let (built, pinned, at_inferences) = as_of::read(&self.db, past.as_deref(), |l| {
             let built = wanted
                 .iter()
                 .map(|(t, keys)| {
@@ -364,8 +398,14 @@ impl Sql {
                     Some(_) => r.intersect(at(&at_inferences)),
                     None => *r,
                 };
+                // `events` is the log itself: a past state does not shorten it.
+                let (pinned, past) = match name {
+                    "events" => (self.db.read(|l| l.last_lsn()), None),
+                    _ => (pinned, past.clone()),
+                };
                 let range = LsnRange { from: r.from.max(1), to: r.to.min(pinned) };
-                let stretch = LogStretch { db: self.db.clone(), range, chunk: self.log_chunk };
+                let chunk = self.log_chunk;
+                let stretch = LogStretch { db: self.db.clone(), past, range, chunk };
                 snapshot.logs.insert(name, stretch);
             }
         }
@@ -384,7 +424,7 @@ fn at(lsns: &BTreeSet<u64>) -> LsnRange {
 /// The modifying statement `statement` is or carries, by name: itself, the statement an
 /// EXPLAIN describes, or a data-modifying part of a query (`WITH x AS (INSERT …) …`,
 /// `WITH … INSERT …`). Role is checked on this before anything else (surface.md).
-fn modifying(statement: &Statement) -> Option<&'static str> {
+pub(crate) fn modifying(statement: &Statement) -> Option<&'static str> {
     match statement {
         Statement::Insert(_) => Some("INSERT"),
         Statement::Update { .. } => Some("UPDATE"),
@@ -578,14 +618,14 @@ mod tests {
         let lsn = lsn.value(0) as u64;
         for table in ["attributions", "inferences"] {
             let q = format!("SELECT * FROM {table} WHERE inference = '{id}'");
-            let snapshot = sql.snapshot(&reads(&sql, &q)).unwrap();
+            let snapshot = sql.snapshot(&reads(&sql, &q), None).unwrap();
             let range = snapshot.logs[table].range;
             assert_eq!((range.from, range.to), (lsn, lsn), "{table}");
         }
         let q = "SELECT * FROM attributions WHERE inference = 'never-written'";
-        let range = sql.snapshot(&reads(&sql, q)).unwrap().logs["attributions"].range;
+        let range = sql.snapshot(&reads(&sql, q), None).unwrap().logs["attributions"].range;
         assert!(range.from > range.to, "nothing to read: {range:?}");
-        let whole = sql.snapshot(&reads(&sql, "SELECT * FROM attributions")).unwrap();
+        let whole = sql.snapshot(&reads(&sql, "SELECT * FROM attributions"), None).unwrap();
         assert_eq!(whole.logs["attributions"].range.to, sql.db.read(|l| l.last_lsn()));
     }
 

@@ -200,13 +200,14 @@ pub fn inference_tables(
     want_inferences: bool,
     want_attributions: bool,
 ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), crate::QueryError> {
-    inference_stretch(db, Stretch::all(from, to), want_inferences, want_attributions)
+    inference_stretch(db, None, Stretch::all(from, to), want_inferences, want_attributions)
         .map(|(i, a, _)| (i, a))
 }
 
 /// `inference_tables` for one stretch of a scan, and where the next one starts.
 pub fn inference_stretch(
     db: &Database,
+    past: Option<&tally_engine::Ledger>,
     stretch: Stretch,
     want_inferences: bool,
     want_attributions: bool,
@@ -217,7 +218,7 @@ pub fn inference_stretch(
             logged.push((e.lsn, e.ts, inf));
         }
     })?;
-    db.read(|l| {
+    crate::as_of::read(db, past, |l| {
         let epochs: Vec<i64> = logged.iter().map(|(lsn, _, _)| l.epoch_of(*lsn) as i64).collect();
         let inferences = want_inferences
             .then(|| {

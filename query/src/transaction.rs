@@ -23,6 +23,8 @@ pub struct Session {
     failed: bool,
     /// How fresh its reads are (`consistency.rs`).
     pub(crate) consistency: crate::consistency::Consistency,
+    /// The lsn its ledger tables show the state at (`as_of.rs`); `None`: now.
+    pub(crate) as_of: Option<u64>,
 }
 
 /// Where a session stands, as ReadyForQuery reports it.

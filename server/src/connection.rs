@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::Statement;
 use datafusion_postgres::arrow_pg::datatypes::df::deserialize_parameters;
@@ -86,6 +86,9 @@ pub(crate) struct Prepared {
     plan: Option<Planned>,
     /// The types of its parameters (`$1` first), as planned.
     parameters: Vec<Option<DataType>>,
+    /// Its result's columns as PostgreSQL names them, for every Describe of it (none for a
+    /// statement without rows).
+    result: Option<SchemaRef>,
     heavy: bool,
 }
 
@@ -316,7 +319,7 @@ impl SimpleQueryHandler for Connection {
             return Err(PgWireError::NotReadyForQuery);
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
-        match Sql::parse(&query.query) {
+        match self.shared.sql.parse_kept(&query.query) {
             Err(e) => {
                 self.fail_block();
                 let info = ErrorInfo::from(query_error(e));
@@ -347,7 +350,7 @@ impl SimpleQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let parsed = Sql::parse(query).map_err(query_error)?;
+        let parsed = self.shared.sql.parse_kept(query).map_err(query_error)?;
         let mut responses = Vec::with_capacity(parsed.statements.len());
         for statement in &parsed.statements {
             match self.execute(client, Job::simple(statement, parsed.heavy)).await {
@@ -417,7 +420,8 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let Parsed { mut statements, heavy } = Sql::parse(sql).map_err(query_error)?;
+        let Parsed { mut statements, heavy } =
+            self.shared.sql.parse_kept(sql).map_err(query_error)?;
         if statements.is_empty() {
             return Ok(None);
         }
@@ -446,7 +450,13 @@ impl QueryParser for Parser {
             Some(p) => ordered_parameter_types(p)?,
             None => Vec::new(),
         };
-        Ok(Some(Prepared { statement, plan, parameters, heavy }))
+        let result = match plan.as_ref().map(Planned::plan) {
+            Some(plan) if !matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Ddl(_)) => {
+                Some(tally_query::result_schema(&statement, plan.schema().as_arrow()))
+            }
+            _ => None,
+        };
+        Ok(Some(Prepared { statement, plan, parameters, result, heavy }))
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -464,12 +474,11 @@ impl QueryParser for Parser {
         stmt: &Prepared,
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
-        match stmt.plan.as_ref().map(Planned::plan) {
-            Some(plan) if !matches!(plan, LogicalPlan::Dml(_) | LogicalPlan::Ddl(_)) => {
-                let schema = tally_query::result_schema(&stmt.statement, plan.schema().as_arrow());
-                arrow_schema_to_pg_fields(&schema, format.unwrap_or(&Format::UnifiedText), None)
+        match &stmt.result {
+            Some(schema) => {
+                arrow_schema_to_pg_fields(schema, format.unwrap_or(&Format::UnifiedText), None)
             }
-            _ => Ok(vec![]),
+            None => Ok(vec![]),
         }
     }
 }

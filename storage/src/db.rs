@@ -20,7 +20,10 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
-use tally_engine::{Applied, Event, InferenceHistory, Ledger, LoggedEvent, Refusal};
+use tally_engine::{
+    Applied, BatchSettler, CpuSettler, Event, InferenceHistory, Ledger, LoggedEvent, Refusal,
+    DEFAULT_BATCH_RESETTLE_INFERENCES,
+};
 
 use crate::cluster::{self, Forward, ForwardError, ForwardFuture, Forwarded, Members, Node};
 use crate::error::StorageError;
@@ -51,16 +54,37 @@ enum Mode {
 /// How long opening waits for the node to elect itself and catch up.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub segment_bytes: u64,
     /// A snapshot is taken after this many ledger events since the last one (and on close).
     pub snapshot_every_events: u64,
+    /// The batch-settlement backend (CPU or GPU: the caller picks): re-settles what a revocation
+    /// touches once it touches `batch_resettle_inferences` open-epoch inferences or more, and
+    /// settles past states (`Database::ledger_at`). Every backend gives the same numbers.
+    pub settler: Arc<dyn BatchSettler>,
+    pub batch_resettle_inferences: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { segment_bytes: SEGMENT_BYTES, snapshot_every_events: 4_000_000 }
+        Options {
+            segment_bytes: SEGMENT_BYTES,
+            snapshot_every_events: 4_000_000,
+            settler: Arc::new(CpuSettler),
+            batch_resettle_inferences: DEFAULT_BATCH_RESETTLE_INFERENCES,
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("segment_bytes", &self.segment_bytes)
+            .field("snapshot_every_events", &self.snapshot_every_events)
+            .field("settler", &self.settler.name())
+            .field("batch_resettle_inferences", &self.batch_resettle_inferences)
+            .finish()
     }
 }
 
@@ -656,6 +680,12 @@ impl Database {
         let (log, recovery) = LogStore::open(&dir.join("log"), options.segment_bytes)?;
         let (sm, snapshot_discarded) = StateMachine::open(&dir, log.clone())?;
         let shared = sm.shared();
+        shared
+            .state
+            .write()
+            .expect("state lock")
+            .ledger
+            .attach_batch_settler(options.settler.clone(), options.batch_resettle_inferences);
         let applied = shared.state.read().expect("state lock").last_applied;
         // Records are never deleted, so Raft may read the whole log again: without a snapshot
         // it must (to rebuild the state), and in a cluster it always may, since a follower that
@@ -716,6 +746,11 @@ impl Database {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The options it was opened with (its batch backend among them).
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// Damage the background check found in a sealed segment, if any.

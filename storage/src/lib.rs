@@ -10,6 +10,7 @@ pub mod history;
 pub mod log;
 pub mod lsn;
 mod meta;
+mod past;
 pub mod payload;
 pub mod producers;
 pub mod raft;

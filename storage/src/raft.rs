@@ -548,7 +548,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         meta::write_atomic(&self.shared.snapshot_path(), &bytes)
             .map_err(|e| RaftError::from(StorageIOError::write_snapshot(sig, AnyError::new(&e))))?;
-        *self.shared.state.write().expect("state lock") = state;
+        let mut state = state;
+        let mut current = self.shared.state.write().expect("state lock");
+        // The batch backend is the node's, not the snapshot's.
+        if let Some((settler, min_inferences)) = current.ledger.batch_settler() {
+            state.ledger.attach_batch_settler(settler, min_inferences);
+        }
+        *current = state;
+        drop(current);
         *self.shared.current.lock().expect("snapshot lock") = Some(meta.clone());
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tally_engine::{replay, CpuSettler, Ledger, LoggedEvent};
+use tally_engine::{replay, BatchSettler, CpuSettler, Ledger, LoggedEvent};
 
 use crate::db::{Database, Opened, Options};
 use crate::error::StorageError;
@@ -26,6 +26,8 @@ pub struct Report {
     pub live_digest: String,
     pub replay_digest: String,
     pub batch_replay_digest: String,
+    /// The backend that divided the batch replay's pools (`cpu`, `gpu`).
+    pub settler: String,
     /// Every difference found; empty means the ledger verified.
     pub problems: Vec<String>,
 }
@@ -49,6 +51,11 @@ fn open(dir: &Path) -> Result<Database, StorageError> {
 }
 
 pub fn verify(dir: &Path) -> Result<Report, StorageError> {
+    verify_with(dir, &CpuSettler)
+}
+
+/// `verify`, with the batch replay's pools divided by `settler` (`tally verify --settler`).
+pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, StorageError> {
     let db = open(dir)?;
     let mut problems = Vec::new();
     let sealed = match db.log().with_log(|l| l.verify_sealed()) {
@@ -135,7 +142,7 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
     // Pass 2: the accepted events alone, through the batch (deferred) replay.
     let batch = db.log().with_log(|log| {
         let Some(first) = log.first_index() else {
-            return replay(Vec::<LoggedEvent>::new(), &CpuSettler);
+            return replay(Vec::<LoggedEvent>::new(), settler);
         };
         let refused_at = &refused_at;
         let mut lsn = 0u64;
@@ -165,7 +172,7 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
                 lsn += 1;
                 LoggedEvent { lsn, ts, event }
             });
-        replay(stream, &CpuSettler)
+        replay(stream, settler)
     });
     let batch_replay_digest = match batch {
         Ok(l) => l.digest(),
@@ -190,6 +197,7 @@ pub fn verify(dir: &Path) -> Result<Report, StorageError> {
         live_digest: merkle_hex(&live_digest),
         replay_digest: merkle_hex(&replay_digest),
         batch_replay_digest: merkle_hex(&batch_replay_digest),
+        settler: settler.name().to_owned(),
         problems,
     })
 }

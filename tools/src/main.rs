@@ -8,6 +8,7 @@ mod cluster;
 mod demo;
 mod ingest;
 mod serve;
+mod settler;
 mod torture;
 
 use std::path::PathBuf;
@@ -53,6 +54,9 @@ enum Command {
     Verify {
         #[arg(long, default_value = "./tally-data")]
         data: PathBuf,
+        /// The backend of the batch replay: `cpu`, or `gpu` (an error without a usable GPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        settler: settler::Choice,
     },
     /// Cut a log that `verify` or opening reports as corrupt at its last good record. Records
     /// after the damage are lost: copy the directory first.
@@ -104,7 +108,7 @@ fn main() -> ExitCode {
             serve::add_user(&data, users.as_ref(), &name, &role)
         }
         Command::Demo { data, seed, inferences } => demo::run(&data, seed, inferences),
-        Command::Verify { data } => verify(&data),
+        Command::Verify { data, settler } => verify(&data, settler),
         Command::Salvage { data } => salvage(&data),
         Command::Ingest(args) => ingest::run(args),
         Command::Cluster(args) => cluster::run(args),
@@ -135,9 +139,10 @@ fn init_logging() {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn verify(data: &std::path::Path) -> Result<ExitCode> {
+fn verify(data: &std::path::Path, settler: settler::Choice) -> Result<ExitCode> {
+    let (settler, why) = settler::choose(settler)?;
     let started = std::time::Instant::now();
-    let report = tally_storage::verify::verify(data)?;
+    let report = tally_storage::verify::verify_with(data, settler.as_ref())?;
     if let Some(torn) = &report.opened.log.torn {
         println!(
             "recovered: cut a torn tail at {} offset {} (log index {})",
@@ -156,7 +161,7 @@ fn verify(data: &std::path::Path) -> Result<ExitCode> {
     );
     println!("live state digest:        {}", report.live_digest);
     println!("replay digest:            {}", report.replay_digest);
-    println!("batch replay digest:      {}", report.batch_replay_digest);
+    println!("batch replay digest:      {} (settled by {why})", report.batch_replay_digest);
     if report.ok() {
         println!("OK: the ledger verifies ({:.1} s)", started.elapsed().as_secs_f64());
         Ok(ExitCode::SUCCESS)

@@ -60,6 +60,10 @@ pub struct Args {
     /// session may ask for less with `SET idle_session_timeout`.
     #[arg(long = "idle-session-timeout", value_name = "SECONDS", default_value_t = tally_server::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout_s: u64,
+    /// The batch-settlement backend: `auto` (a GPU when one can be used, else the CPU), `cpu`
+    /// or `gpu` (refuses to start without a usable GPU). The numbers are the same on each.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub settler: super::settler::Choice,
     /// This node's id in a cluster (one of --peers).
     #[arg(long)]
     pub node_id: Option<u64>,
@@ -105,11 +109,14 @@ impl std::str::FromStr for Peer {
 /// Opens the data directory as a lone node, or as a node of the cluster `--peers` names,
 /// with the Raft port's address and secret.
 fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> {
+    let (settler, why) = super::settler::choose(args.settler)?;
+    tracing::info!("settlement backend: {why}");
+    let options = Options { settler, ..Options::default() };
     if args.peers.is_empty() {
         if args.node_id.is_some() || args.raft.is_some() {
             return Err("--node-id and --raft need --peers (the cluster's nodes)".into());
         }
-        return Ok((Database::open(&args.data)?, None));
+        return Ok((Database::open_with(&args.data, options)?, None));
     }
     if args.demo {
         return Err("--demo fills a lone node; load a cluster through its SQL port".into());
@@ -135,7 +142,7 @@ fn open(args: &Args) -> super::Result<(Database, Option<(SocketAddr, Secret)>)> 
     let trusted = args.cluster_ca.as_ref().or(args.tls_cert.as_ref());
     let network = super::cluster::network(secret.clone(), trusted)?.from_address(listen.ip());
     let node = Node { id, peers, network: network.clone(), forward: Arc::new(network) };
-    let db = Database::open_node(&args.data, Options::default(), node)?;
+    let db = Database::open_node(&args.data, options, node)?;
     Ok((db, Some((listen, secret))))
 }
 

@@ -81,7 +81,8 @@ fn batch(k: u64) -> Vec<Event> {
 }
 
 pub fn run(data: &Path, limit: Option<u64>) -> super::Result<ExitCode> {
-    let options = Options { segment_bytes: 1 << 20, snapshot_every_events: 2_000 };
+    let options =
+        Options { segment_bytes: 1 << 20, snapshot_every_events: 2_000, ..Options::default() };
     let db = Database::open_with(data, options)?;
     let first = db.read(batches_present);
     let end = limit.unwrap_or(u64::MAX);

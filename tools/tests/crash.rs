@@ -78,7 +78,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_batch() {
 
         let db = Database::open_with(
             dir.path(),
-            Options { segment_bytes: 1 << 20, snapshot_every_events: 2_000 },
+            Options { segment_bytes: 1 << 20, snapshot_every_events: 2_000, ..Options::default() },
         )
         .unwrap();
         let (batches, inferences, last_lsn) = present(&db);

@@ -265,7 +265,7 @@ fn truncated_and_extended_images_are_refused() {
 #[test]
 fn damaged_headers_are_refused() {
     let bytes = random_ledger(6, 40).ledger.encode_image();
-    assert_eq!(&bytes[..12], b"TALLYIMG\x02\x00\x00\x00");
+    assert_eq!(&bytes[..12], b"TALLYIMG\x03\x00\x00\x00");
     for at in 0..32 {
         for bit in 0..8 {
             let mut damaged = bytes.clone();

@@ -259,7 +259,8 @@ fn wait_for_lsn(db: &Database, lsn: u64) {
 #[test]
 fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let options =
+        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() };
     let (_net, dbs) = cluster_with(dir.path(), 3, options);
     let leader_id = dbs[0].cluster_status().leader.unwrap();
     let leader = &dbs[leader_id as usize - 1];
@@ -284,7 +285,7 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
     let lone_dir = tempfile::tempdir().unwrap();
     let lone = Database::open_with(
         lone_dir.path(),
-        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX },
+        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() },
     )
     .unwrap();
     write_2000_datanets(&lone);
@@ -297,7 +298,8 @@ fn a_damaged_record_in_a_sealed_segment_is_repaired_from_a_peer() {
 #[test]
 fn bits_flipped_in_a_followers_sealed_segments_under_load_are_healed_with_nothing_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let options =
+        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() };
     let (_net, dbs) = cluster_with(dir.path(), 3, options);
     let leader_id = dbs[0].cluster_status().leader.unwrap();
     let leader = dbs[leader_id as usize - 1].clone();
@@ -344,7 +346,8 @@ fn bits_flipped_in_a_followers_sealed_segments_under_load_are_healed_with_nothin
 #[test]
 fn a_node_restarted_with_a_damaged_sealed_segment_repairs_it_before_raft_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX };
+    let options =
+        Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() };
     let (net, mut dbs) = cluster_with(dir.path(), 3, options.clone());
     let leader_id = dbs[0].cluster_status().leader.unwrap();
     write_2000_datanets(&dbs[leader_id as usize - 1]);

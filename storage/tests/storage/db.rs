@@ -6,7 +6,7 @@ use tally_storage::{Database, Options, StorageError, WriteError};
 use tally_workload::{Generator, Shape};
 
 fn small() -> Options {
-    Options { segment_bytes: 1 << 20, snapshot_every_events: 5_000 }
+    Options { segment_bytes: 1 << 20, snapshot_every_events: 5_000, ..Options::default() }
 }
 
 #[test]
@@ -154,7 +154,11 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
         return;
     };
     let data = disk.0.path().join("data");
-    let options = Options { segment_bytes: 256 * 1024, snapshot_every_events: u64::MAX };
+    let options = Options {
+        segment_bytes: 256 * 1024,
+        snapshot_every_events: u64::MAX,
+        ..Options::default()
+    };
     let db = Database::open_with(&data, options.clone()).unwrap();
     let mut acked = 0u64;
     let mut last_lsn = 0;
@@ -285,7 +289,7 @@ fn ledger_with_a_flip_in_a_sealed_segment(dir: &std::path::Path) -> (std::path::
 }
 
 fn sealed_options() -> Options {
-    Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX }
+    Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() }
 }
 
 #[test]
@@ -357,4 +361,38 @@ fn a_batch_refused_for_its_shape_costs_no_log_space() {
     }
     assert_eq!(db.log().with_log(|l| l.data_bytes()), bytes, "refused batches were logged");
     assert_eq!(db.write(vec![dn("b".into())]).unwrap().first_lsn, 2);
+}
+
+#[test]
+fn the_ledger_at_a_past_lsn_is_the_state_the_live_ledger_had_then() {
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshots every 5,000 events: past states before and after a snapshot are rebuilt.
+    let db = Database::open_with(dir.path(), small()).unwrap();
+    let mut seen = vec![(0, tally_engine::Ledger::new().digest())];
+    for batch in Generator::new(Shape::demo(5, 9_000)) {
+        let applied = db.write(batch).unwrap();
+        seen.push((applied.last_lsn, db.read(|l| l.digest())));
+    }
+    let last = db.read(|l| l.last_lsn());
+    assert!(dir.path().join("snapshot.bin").exists(), "a periodic snapshot was taken");
+    // The demo shape revokes inside open epochs and closes epochs: a past state's pools are
+    // divided again under the revocations it had.
+    assert!(db.read(|l| l.revocations().count() > 0 && l.epochs().count() > 1));
+    let step = (seen.len() / 12).max(1);
+    // With the periodic snapshot somewhere behind the end (states after it continue from
+    // it, mid-epoch), then with one at the very end (states before it replay the log).
+    for snapshot_at_end in [false, true] {
+        if snapshot_at_end {
+            db.snapshot().unwrap();
+        }
+        for &(lsn, digest) in seen.iter().step_by(step).chain(seen.last()) {
+            let past = db.ledger_at(lsn).unwrap();
+            assert_eq!(past.last_lsn(), lsn);
+            assert_eq!(past.digest(), digest, "the ledger at lsn {lsn}");
+        }
+    }
+    match db.ledger_at(last + 1) {
+        Err(StorageError::PastLastLsn { lsn, last: l }) => assert_eq!((lsn, l), (last + 1, last)),
+        other => panic!("expected PastLastLsn, got {:?}", other.map(|l| l.last_lsn())),
+    }
 }

@@ -14,7 +14,7 @@ const FILLER_BATCHES: usize = 5;
 const FILLER_PER_BATCH: usize = 1000;
 
 fn options() -> Options {
-    Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX }
+    Options { segment_bytes: 64 * 1024, snapshot_every_events: u64::MAX, ..Options::default() }
 }
 
 fn inference(id: &str) -> Event {
