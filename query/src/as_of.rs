@@ -1,5 +1,5 @@
 //! Time travel: `SET tally.as_of_lsn = N` makes a session's ledger tables show the state right
-//! after lsn N (`RESET tally.as_of_lsn` returns to now). `events` is the log itself and keeps
+//! after lsn N (`RESET tally.as_of_lsn`, or setting it to `'now'`, returns to now). `events` is the log itself and keeps
 //! showing all of it (its `lsn` column already places every row in time); `inferences` and
 //! `attributions` end at lsn N, with rewards as settled at N; `cluster` is always now.
 //!
@@ -47,10 +47,14 @@ pub(crate) fn of_setting(statement: &Statement) -> Option<Result<Option<u64>, Qu
                 }
                 _ => None,
             };
-            Some(match text.as_deref().map(str::trim).map(str::parse::<u64>) {
+            let text = text.as_deref().map(str::trim);
+            if text.is_some_and(|t| t.eq_ignore_ascii_case("now")) {
+                return Some(Ok(None));
+            }
+            Some(match text.map(str::parse::<u64>) {
                 Some(Ok(lsn)) => Ok(Some(lsn)),
                 _ => Err(QueryError::InvalidParameter(format!(
-                    "{AS_OF_LSN} is an lsn: a whole number from 0 to the ledger's last lsn"
+                    "{AS_OF_LSN} is an lsn (a whole number from 0 to the ledger's last lsn) or 'now'"
                 ))),
             })
         }
@@ -129,6 +133,7 @@ mod tests {
         assert!(matches!(setting("SET tally.as_of_lsn TO '7'"), Some(Ok(Some(7)))));
         assert!(matches!(setting("SET TALLY.AS_OF_LSN = 0"), Some(Ok(Some(0)))));
         assert!(matches!(setting("SET tally.as_of_lsn = DEFAULT"), Some(Ok(None))));
+        assert!(matches!(setting("SET tally.as_of_lsn = 'now'"), Some(Ok(None))));
         assert!(matches!(setting("RESET tally.as_of_lsn"), Some(Ok(None))));
         assert!(matches!(setting("RESET ALL"), Some(Ok(None))));
         for bad in ["-1", "1.5", "'x'", "'18446744073709551616'"] {

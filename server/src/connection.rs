@@ -243,6 +243,9 @@ impl Connection {
         match statement {
             Statement::ShowVariable { .. } | Statement::ShowStatus { .. } => {
                 // Reads the session's metadata only.
+                if let Some((name, value)) = settings::show_session_setting(client, statement) {
+                    return crate::rows::one_text(name, &value);
+                }
                 let ctx = self.shared.sql.context();
                 if let Some(r) = SetShowHook.handle_simple_query(statement, ctx, client).await {
                     return r;

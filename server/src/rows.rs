@@ -125,3 +125,19 @@ where
     client.send(PgWireBackendMessage::CopyDone(CopyDone::new())).await?;
     Ok(Response::Execution(Tag::new("COPY").with_rows(rows)))
 }
+
+/// One row of one text column: what SHOW answers for a setting.
+pub(crate) fn one_text(name: &str, value: &str) -> PgWireResult<Response> {
+    use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo};
+    let fields = Arc::new(vec![FieldInfo::new(
+        name.to_owned(),
+        None,
+        None,
+        pgwire::api::Type::VARCHAR,
+        FieldFormat::Text,
+    )]);
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    encoder.encode_field(&Some(value))?;
+    let row = encoder.take_row();
+    Ok(Response::Query(QueryResponse::new(fields, futures::stream::iter([Ok(row)]))))
+}

@@ -37,6 +37,24 @@ const CLIENT_SETTINGS: [(&str, &str); 7] = [
     ("timezone", "TimeZone"),
 ];
 
+/// The settings the SQL session keeps (`tally_query`: it has checked their values by the time
+/// they get here), with what SHOW answers while they are not set. Kept in the connection's
+/// metadata only so that SHOW can answer them.
+const SESSION_SETTINGS: [(&str, &str); 2] =
+    [("tally.as_of_lsn", "now"), ("tally.read_consistency", "local")];
+
+/// The name and value SHOW answers when it asks for one of `SESSION_SETTINGS`.
+pub(crate) fn show_session_setting<C: ClientInfo>(
+    client: &C,
+    statement: &Statement,
+) -> Option<(&'static str, String)> {
+    let Statement::ShowVariable { variable } = statement else { return None };
+    let name: Vec<String> = variable.iter().map(|i| i.value.to_ascii_lowercase()).collect();
+    let (name, default) = SESSION_SETTINGS.iter().find(|(n, _)| *n == name.join("."))?;
+    let value = client.metadata().get(*name).cloned();
+    Some((name, value.unwrap_or_else(|| (*default).to_owned())))
+}
+
 /// Runs `SET …` or `RESET …` for this session.
 pub(crate) async fn apply<C>(client: &mut C, statement: &Statement) -> PgWireResult<Response>
 where
@@ -78,13 +96,15 @@ where
         Statement::Set(_) => {}
         Statement::Reset(r) => match &r.reset {
             Reset::ALL => {
-                for key in [STATEMENT_TIMEOUT_KEY, IDLE_TIMEOUT_KEY] {
+                let ours = SESSION_SETTINGS.iter().map(|(name, _)| *name);
+                for key in [STATEMENT_TIMEOUT_KEY, IDLE_TIMEOUT_KEY].into_iter().chain(ours) {
                     client.metadata_mut().remove(key);
                 }
             }
             Reset::ConfigurationParameter(name) => {
                 let name = setting_name(name)?;
-                if let Some(key) = duration_key(&name) {
+                let ours = SESSION_SETTINGS.iter().find(|(n, _)| *n == name).map(|(n, _)| *n);
+                if let Some(key) = duration_key(&name).or(ours) {
                     client.metadata_mut().remove(key);
                 }
             }
@@ -146,6 +166,15 @@ where
             0 => client.metadata_mut().remove(key),
             ms => client.metadata_mut().insert(key.into(), ms.to_string()),
         };
+        return Ok(());
+    }
+    if let Some((name, default)) = SESSION_SETTINGS.iter().find(|(n, _)| *n == name) {
+        let value = value.to_ascii_lowercase();
+        if value == "default" || value == *default {
+            client.metadata_mut().remove(*name);
+        } else {
+            client.metadata_mut().insert((*name).into(), value);
+        }
         return Ok(());
     }
     let Some((_, shown)) = CLIENT_SETTINGS.iter().find(|(n, _)| *n == name) else {

@@ -9,4 +9,5 @@ mod hostile;
 mod ingest;
 mod proxy;
 mod served;
+mod settle;
 mod wire;
