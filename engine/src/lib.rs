@@ -12,9 +12,11 @@ pub mod id;
 mod image;
 mod intern;
 pub mod json;
+pub mod log_tree;
 pub mod merkle;
 mod pending;
 mod prefetch;
+pub mod proof_check;
 mod read;
 mod replay;
 pub mod settle;
@@ -33,8 +35,8 @@ pub use event::{
 pub use image::ImageError;
 pub use pending::Pending;
 pub use read::{
-    BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutView,
-    PolicyView, RevocationView, RewardView, SettlementView,
+    BalanceView, ContributionView, DatanetView, EpochView, ModelView, OpenEntryView, PayoutProof,
+    PayoutView, PolicyView, RevocationView, RewardView, SettlementView,
 };
 pub use replay::{replay, replay_onto};
 pub use settle::{BatchSettler, CpuSettler, SettleError, SettleInput, SettleOutput};

@@ -2,6 +2,9 @@
 //! Transparency 2.0) Merkle tree hash, with SHA-256, over an epoch's payouts,
 //! plus inclusion proofs (audit paths) so a single account can check its
 //! payout against a published `payouts_root` without seeing the others.
+//! The RFC 9162 hashing and the two verification algorithms (inclusion,
+//! §2.1.3.2, and consistency, §2.1.4.2) live here for the log tree too
+//! (`log_tree.rs`), which builds its proofs incrementally.
 //!
 //! This module owns the leaf encoding, the tree hash and the proofs. It must
 //! never do I/O, and it must never reorder, deduplicate or filter leaves
@@ -33,7 +36,22 @@ pub fn leaf_data(account: &str, amount: u64) -> Vec<u8> {
 
 /// SHA-256(0x00 || data).
 pub fn leaf_hash(data: &[u8]) -> Hash {
-    Sha256::new().chain_update([LEAF_PREFIX]).chain_update(data).finalize().into()
+    leaf_hash_concat(&[data])
+}
+
+/// SHA-256(0x00 || parts[0] || parts[1] || ...): a leaf whose data is the
+/// concatenation of `parts`, hashed without copying them together.
+pub fn leaf_hash_concat(parts: &[&[u8]]) -> Hash {
+    let mut hasher = Sha256::new().chain_update([LEAF_PREFIX]);
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// MTH of the empty tree: SHA-256 of the empty string (RFC 9162 §2.1.1).
+pub fn empty_root() -> Hash {
+    Sha256::digest([]).into()
 }
 
 /// SHA-256(0x01 || left || right).
@@ -95,6 +113,10 @@ pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
 
 /// RFC 9162 §2.1.3.2 verification algorithm: true when `proof` proves `leaf` at `index` in a tree of `size` leaves with `root`.
 ///
+/// Follows the RFC's steps one to one, including step 4a (fail when `sn`
+/// reaches 0 with proof left over) and step 5 (`sn` must end at 0, so a
+/// truncated proof fails even if it happens to reach a plausible hash).
+///
 /// The proof binds the leaf's position only through the shape of its path, so
 /// a proof can also verify under a different `size` whose path to `index` has
 /// the same shape (e.g. leaf 0 of 3 and of 4). The signed or published size
@@ -129,6 +151,81 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
         last >>= 1;
     }
     last == 0 && acc == *root
+}
+
+/// RFC 9162 §2.1.4.2 verification algorithm: true when `proof` shows that the
+/// tree of `new_size` leaves with `new_root` extends the tree of `old_size`
+/// leaves with `old_root` (its first `old_size` leaves are the same).
+///
+/// The proof length is fixed by the two sizes: a missing element leaves `last`
+/// above 0 at the end, an extra one meets `last == 0` inside the loop; both
+/// fail. The RFC defines PROOF(m, D\[n\]) for 0 < m < n only, and its
+/// algorithm fails every empty proof (step 1) and computes `old_size - 1`
+/// (step 3); the two other cases are decided as Sigsum's verifier does:
+/// - `old_size == new_size`: an empty proof (what SUBPROOF(m, D\[m\], true) =
+///   {} gives) and equal roots (transparency-dev agrees);
+/// - `old_size == 0`: every tree extends the empty one, so an empty proof and
+///   `old_root` = MTH({}) = SHA-256(""); nothing constrains `new_root`
+///   (transparency-dev refuses this case instead).
+///
+/// As with `verify_inclusion`, the verifier sees the sizes only through the
+/// shape of the proof, so a proof can also verify under other sizes whose
+/// proofs have the same shape (e.g. (1, 3) and (1, 4): both are two right
+/// siblings); it never verifies against the root of a tree of another size,
+/// because that root commits to other leaves.
+pub fn verify_consistency(
+    old_size: u64,
+    new_size: u64,
+    old_root: &Hash,
+    new_root: &Hash,
+    proof: &[Hash],
+) -> bool {
+    if old_size > new_size {
+        return false;
+    }
+    if old_size == 0 {
+        return proof.is_empty() && *old_root == empty_root();
+    }
+    if old_size == new_size {
+        return proof.is_empty() && old_root == new_root;
+    }
+    // Step 1: a proof between different sizes is never empty.
+    let Some((first, rest)) = proof.split_first() else {
+        return false;
+    };
+    // Step 2: an old tree of 2^k leaves is itself a node of the new tree, so
+    // the proof leaves its hash out and the verifier starts from `old_root`.
+    let (seed, rest) = if old_size.is_power_of_two() { (old_root, proof) } else { (first, rest) };
+    // Steps 3 and 4: `pos` and `last` are the RFC's `fn` and `sn`; skip the
+    // levels where the old tree's last node is a right child.
+    let mut pos = old_size - 1;
+    let mut last = new_size - 1;
+    while pos & 1 == 1 {
+        pos >>= 1;
+        last >>= 1;
+    }
+    // Steps 5 and 6: `old_acc` and `new_acc` are the RFC's `fr` and `sr`.
+    let (mut old_acc, mut new_acc) = (*seed, *seed);
+    for sibling in rest {
+        if last == 0 {
+            return false;
+        }
+        if pos & 1 == 1 || pos == last {
+            old_acc = node_hash(sibling, &old_acc);
+            new_acc = node_hash(sibling, &new_acc);
+            while pos & 1 == 0 && pos != 0 {
+                pos >>= 1;
+                last >>= 1;
+            }
+        } else {
+            // A right sibling exists only in the new tree.
+            new_acc = node_hash(&new_acc, sibling);
+        }
+        pos >>= 1;
+        last >>= 1;
+    }
+    // Step 7.
+    last == 0 && old_acc == *old_root && new_acc == *new_root
 }
 
 /// Lowercase hex, the form in which roots are shown and compared.
@@ -169,7 +266,7 @@ fn root_from_iter(leaves: impl Iterator<Item = Hash>) -> Hash {
     }
     let mut pending = stack.into_iter().rev();
     let Some(mut root) = pending.next() else {
-        return Sha256::digest([]).into();
+        return empty_root();
     };
     for left in pending {
         root = node_hash(&left, &root);

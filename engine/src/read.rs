@@ -254,6 +254,30 @@ impl Ledger {
         )
     }
 
+    /// That `account`'s payout is in closed epoch `epoch`'s payout set: its amount, its leaf
+    /// index in the set (accounts sorted bytewise), the set's size, the audit path to the
+    /// epoch's `payouts_root` (settlement.md §6, RFC 9162) and that root. `None` when the epoch
+    /// is not closed or paid the account nothing.
+    pub fn payout_proof(&self, epoch: u64, account: &str) -> Option<PayoutProof> {
+        let row = self.epochs.get(usize::try_from(epoch.checked_sub(1)?).ok()?)?;
+        let closed = row.closed.as_ref()?;
+        let id = self.accounts.get(account)?;
+        let index = closed.payouts.iter().position(|&(a, _)| a == id)?;
+        let leaves: Vec<merkle::Hash> = closed
+            .payouts
+            .iter()
+            .map(|&(a, v)| merkle::leaf_hash(&merkle::leaf_data(self.accounts.name(a), v)))
+            .collect();
+        let path = merkle::inclusion_proof(&leaves, index)?;
+        Some(PayoutProof {
+            amount: closed.payouts[index].1,
+            leaf_index: index as u64,
+            tree_size: leaves.len() as u64,
+            path,
+            payouts_root: closed.payouts_root,
+        })
+    }
+
     /// The open epoch's entries, in log order.
     pub fn open_entries(&self) -> impl Iterator<Item = OpenEntryView<'_>> {
         let o = &self.open;
@@ -283,4 +307,14 @@ impl Ledger {
     pub fn inference_lsns(&self, id: &str) -> Vec<u64> {
         self.inference_ids.lsns_of(crate::fingerprint::fingerprint(id)).collect()
     }
+}
+
+/// `Ledger::payout_proof`'s answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayoutProof {
+    pub amount: u64,
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub path: Vec<merkle::Hash>,
+    pub payouts_root: merkle::Hash,
 }

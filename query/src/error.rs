@@ -2,6 +2,7 @@
 //! (surface.md "Rules"). The codes live here so the wire front end and the embedded API agree.
 
 use datafusion::error::DataFusionError;
+use tally_engine::log_tree::ProofError;
 use tally_engine::{Refusal, RefusalClass};
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,15 @@ impl QueryError {
                 | tally_storage::StorageError::Corrupt { .. }
                 | tally_storage::StorageError::SealedChecksum { .. },
             ) => "XX001",
+            // Sizes and lsns a client named that the log does not have.
+            QueryError::Storage(
+                tally_storage::StorageError::PastLastLsn { .. }
+                | tally_storage::StorageError::Proof(
+                    ProofError::IndexOutOfRange { .. }
+                    | ProofError::SizeBeyondTree { .. }
+                    | ProofError::OldAfterNew { .. },
+                ),
+            ) => "22023",
             QueryError::Storage(_) => "58030",
         }
     }

@@ -112,8 +112,18 @@ impl Sql {
             let schema = b.expect("asked for").schema();
             ctx.register_table(name, Arc::new(LedgerTable::new(name, schema)))?;
         }
-        let simulate = crate::simulate::SimulateSettlement::new(db.clone());
-        ctx.register_udtf(crate::simulate::SIMULATE_SETTLEMENT, Arc::new(simulate));
+        let running = Arc::new(Semaphore::new(crate::computed::MAX_COMPUTED_AT_ONCE));
+        let simulate = (crate::simulate::SIMULATE_SETTLEMENT, crate::simulate::table as _);
+        let functions: Vec<_> = std::iter::once(simulate).chain(crate::proofs::FUNCTIONS).collect();
+        crate::computed::register(&ctx, &db, &running, &functions);
+        let checkpoints = crate::computed::Computed {
+            name: "checkpoints".into(),
+            db: db.clone(),
+            schema: crate::proofs::checkpoint_schema(),
+            compute: crate::proofs::checkpoints_table(),
+            running,
+        };
+        ctx.register_table("checkpoints", Arc::new(checkpoints))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let heavy_planning = Arc::new(Semaphore::new(cores));
         let log_chunk = crate::provider::LOG_CHUNK_LSNS;

@@ -991,3 +991,93 @@ fn simulate_settlement_settles_an_epoch_again_beside_what_was_settled() {
     }
     assert_eq!(sql.database().read(|l| l.last_lsn()), last);
 }
+
+#[test]
+fn proofs_roots_and_checkpoints_answer_in_sql() {
+    use tally_engine::merkle::{self, verify_consistency, verify_inclusion};
+    let (_dir, sql) = demo();
+    let db = sql.database().clone();
+    let (size, root) = db.ledger_root();
+    let b = sql.query_blocking("SELECT tree_size, root FROM ledger_root()").unwrap();
+    assert_eq!(
+        (col_i64(&b, "tree_size")[0] as u64, col_str(&b, "root")[0].clone()),
+        (size, merkle::to_hex(&root))
+    );
+    let half = size / 2;
+    let b = sql.query_blocking(&format!("SELECT root FROM ledger_root_at({half})")).unwrap();
+    assert_eq!(col_str(&b, "root")[0], merkle::to_hex(&db.ledger_root_at(half).unwrap()));
+    // Under time travel the root is the one at that lsn.
+    let b = sql
+        .query_blocking(&format!(
+            "SET tally.as_of_lsn = {half}; SELECT tree_size, root FROM ledger_root()"
+        ))
+        .unwrap();
+    assert_eq!(col_i64(&b, "tree_size")[0] as u64, half);
+    assert_eq!(col_str(&b, "root")[0], merkle::to_hex(&db.ledger_root_at(half).unwrap()));
+
+    let hash = |s: &str| -> merkle::Hash {
+        let v: Vec<u8> =
+            (0..64).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect();
+        v.try_into().unwrap()
+    };
+    let path_of = |doc: &serde_json::Value| -> Vec<merkle::Hash> {
+        doc["path"].as_array().unwrap().iter().map(|h| hash(h.as_str().unwrap())).collect()
+    };
+    // An inclusion proof's JSON document verifies from its own fields.
+    let q = format!("SELECT leaf_hash, proof FROM inclusion_proof(7, {half})");
+    let b = sql.query_blocking(&q).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&col_str(&b, "proof")[0]).unwrap();
+    let leaf = tally_engine::log_tree::log_leaf_hash(
+        7,
+        doc["ts_micros"].as_i64().unwrap(),
+        doc["body"].as_str().unwrap().as_bytes(),
+    );
+    assert_eq!(merkle::to_hex(&leaf), col_str(&b, "leaf_hash")[0]);
+    assert!(verify_inclusion(&leaf, 6, half, &path_of(&doc), &hash(doc["root"].as_str().unwrap())));
+    let q = format!("SELECT proof FROM consistency_proof({half}, {size})");
+    let doc: serde_json::Value =
+        serde_json::from_str(&col_str(&sql.query_blocking(&q).unwrap(), "proof")[0]).unwrap();
+    let (old, new) =
+        (hash(doc["old_root"].as_str().unwrap()), hash(doc["new_root"].as_str().unwrap()));
+    assert!(verify_consistency(half, size, &old, &new, &path_of(&doc)));
+    assert_eq!(new, root);
+    // A payout proof: the account's leaf is in epoch 1's payout set.
+    let b = sql
+        .query_blocking(
+            "SELECT account, amount FROM payouts WHERE epoch = 1 ORDER BY account LIMIT 1 OFFSET 3",
+        )
+        .unwrap();
+    let (account, amount) = (col_str(&b, "account")[0].clone(), col_i64(&b, "amount")[0]);
+    let q = format!("SELECT proof FROM payout_proof(1, '{account}')");
+    let doc: serde_json::Value =
+        serde_json::from_str(&col_str(&sql.query_blocking(&q).unwrap(), "proof")[0]).unwrap();
+    assert_eq!(doc["amount"].as_i64().unwrap(), amount);
+    let leaf = merkle::leaf_hash(&merkle::leaf_data(&account, amount as u64));
+    let settled =
+        sql.query_blocking("SELECT payouts_root FROM settlements WHERE epoch = 1").unwrap();
+    let payouts_root = hash(&col_str(&settled, "payouts_root")[0]);
+    let (index, n) = (doc["leaf_index"].as_u64().unwrap(), doc["tree_size"].as_u64().unwrap());
+    assert!(verify_inclusion(&leaf, index, n, &path_of(&doc), &payouts_root));
+    // Checkpoints: one per epoch close, then one on demand (once per tree size).
+    let closed = count(&sql, "SELECT count(*) AS n FROM epochs WHERE status = 'closed'");
+    assert_eq!(count(&sql, "SELECT count(*) AS n FROM checkpoints"), closed);
+    let published =
+        sql.query_blocking("SELECT tree_size, key_id FROM publish_checkpoint()").unwrap();
+    assert_eq!(col_i64(&published, "tree_size")[0] as u64, size);
+    sql.query_blocking("SELECT * FROM publish_checkpoint()").unwrap();
+    assert_eq!(count(&sql, "SELECT count(*) AS n FROM checkpoints"), closed + 1);
+    // Arguments and sizes a client gets wrong are named (22023); nothing is written.
+    for bad in [
+        "inclusion_proof(0, 5)".to_string(),
+        format!("inclusion_proof(10, {})", size + 1),
+        "inclusion_proof(10, 5)".into(),
+        "consistency_proof(5, 2)".into(),
+        "ledger_root_at(-1)".into(),
+        "inclusion_proof('a', 1)".into(),
+        "payout_proof(99, 'x')".into(),
+        "payout_proof(1, 5)".into(),
+        "ledger_root(1)".into(),
+    ] {
+        assert_eq!(sqlstate(sql.query_blocking(&format!("SELECT * FROM {bad}"))), "22023", "{bad}");
+    }
+}

@@ -49,6 +49,8 @@ pub enum StorageError {
     RecordTooLarge { bytes: usize, max: usize },
     #[error("append out of order: expected log index {expected}, got {got}")]
     OutOfOrder { expected: u64, got: u64 },
+    #[error("{0}")]
+    Proof(#[from] tally_engine::log_tree::ProofError),
     #[error("lsn {lsn} is past the ledger's last lsn {last}")]
     PastLastLsn { lsn: u64, last: u64 },
     #[error("{0}")]

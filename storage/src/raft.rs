@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -18,8 +18,11 @@ use openraft::{
     RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError as RaftStorageError,
     StorageIOError, StoredMembership, Vote,
 };
+use tally_engine::log_tree::LogTree;
+use tally_engine::merkle::Hash;
 use tally_engine::{InferenceHistory, Ledger};
 
+use crate::checkpoints::Checkpoints;
 use crate::error::StorageError;
 use crate::flusher::Flusher;
 use crate::history::{LogHistory, Records};
@@ -351,16 +354,23 @@ pub struct SmState {
     pub lsns: LsnIndex,
     /// Who had which batches applied, for exactly-once ingest.
     pub producers: Producers,
+    /// The Merkle tree over every applied event (`tree.rs`).
+    pub tree: LogTree,
+    /// (tree size, root) right after each settlement event applied since they were last taken:
+    /// the checkpoints to publish (`checkpoints.rs`). Not part of the replicated state.
+    pub closes: Vec<(u64, Hash)>,
 }
 
 impl SmState {
-    fn empty() -> SmState {
+    pub(crate) fn empty() -> SmState {
         SmState {
             ledger: Ledger::new(),
             last_applied: None,
             membership: StoredMembership::default(),
             lsns: LsnIndex::default(),
             producers: Producers::default(),
+            tree: LogTree::new(),
+            closes: Vec::new(),
         }
     }
 }
@@ -370,11 +380,34 @@ pub struct Shared {
     pub state: RwLock<SmState>,
     dir: PathBuf,
     current: Mutex<Option<SnapshotMeta<NodeId, BasicNode>>>,
+    /// This node's key and signed checkpoints, opened on first use (`checkpoints.rs`).
+    checkpoints: OnceLock<Checkpoints>,
 }
 
 impl Shared {
     pub fn snapshot_path(&self) -> PathBuf {
         self.dir.join(snapshot::FILE)
+    }
+
+    /// This node's checkpoints; the first call loads or creates its key.
+    pub fn checkpoints(&self) -> Result<&Checkpoints, StorageError> {
+        if let Some(c) = self.checkpoints.get() {
+            return Ok(c);
+        }
+        let opened = Checkpoints::open(&self.dir)?;
+        Ok(self.checkpoints.get_or_init(|| opened))
+    }
+
+    /// Signs a checkpoint at each epoch close applied since the last call. A failure (a full
+    /// disk) is logged, never fails applying: the close is in the log either way, and a
+    /// checkpoint can be published on demand later.
+    fn publish_closes(&self) {
+        let closes = std::mem::take(&mut self.state.write().expect("state lock").closes);
+        for (size, root) in closes {
+            if let Err(e) = self.checkpoints().and_then(|c| c.publish(size, root)) {
+                tracing::warn!("no checkpoint at the epoch close at lsn {size}: {e}");
+            }
+        }
     }
 }
 
@@ -404,8 +437,12 @@ impl StateMachine {
                 (SmState::empty(), None, Some(format!("{e}; moved to {}", aside.display())))
             }
         };
-        let shared =
-            Shared { state: RwLock::new(state), dir: dir.into(), current: Mutex::new(current) };
+        let shared = Shared {
+            state: RwLock::new(state),
+            dir: dir.into(),
+            current: Mutex::new(current),
+            checkpoints: OnceLock::new(),
+        };
         Ok((StateMachine { shared: Arc::new(shared), log }, discarded))
     }
 
@@ -447,33 +484,36 @@ fn apply_batch(
     bytes: &[u8],
     log: &LogStore,
 ) -> Outcome {
-    let SmState { ledger, producers, lsns, .. } = state;
-    apply_part(ledger, producers, lsns, (index, part), bytes, Records::Store(log))
+    apply_part(state, (index, part), bytes, Records::Store(log))
 }
 
 /// Applies batch `at` = (log index, part) of an entry, given as its archived `bytes`, to the
-/// ledger and the producer table, and records its lsns (or none) in `lsns`: what the state
-/// machine does, and what a replay of the log does again (`verify.rs`). Inference-id
-/// fingerprint hits are settled by reading `records` through `lsns` (`history.rs`).
+/// ledger and the producer table, records its lsns (or none) in the lsn index and its events'
+/// leaves in the tree: what the state machine does, and what a replay of the log does again
+/// (`verify.rs`). Inference-id fingerprint hits are settled by reading `records` through the
+/// lsn index (`history.rs`).
 pub(crate) fn apply_part(
-    ledger: &mut Ledger,
-    producers: &mut Producers,
-    lsns: &mut LsnIndex,
+    state: &mut SmState,
     at: (u64, u32),
     bytes: &[u8],
     records: Records<'_>,
 ) -> Outcome {
     let (index, part) = at;
+    let SmState { ledger, producers, lsns, tree, closes, .. } = state;
     let ts_before = ledger.last_ts();
-    let outcome = match payload::decode(bytes) {
+    let (outcome, batch) = match payload::decode(bytes) {
         // The lsn index is apart from the ledger: it is read while the ledger changes.
         Ok(batch) => {
-            apply_record(ledger, producers, index, &batch, &LogHistory::with(lsns, records))
+            let history = LogHistory::with(lsns, records);
+            (apply_record(ledger, producers, index, &batch, &history), Some(batch))
         }
-        Err(e) => Outcome::Malformed(e),
+        Err(e) => (Outcome::Malformed(e), None),
     };
-    match &outcome {
-        Outcome::Applied(a) => lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before),
+    match (&outcome, batch) {
+        (Outcome::Applied(a), Some(batch)) => {
+            lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before);
+            closes.extend(crate::tree::grow(tree, &batch.events, *a));
+        }
         // Refused, malformed, a duplicate or out of order: a batch without lsns.
         _ => lsns.refused(index, part),
     }
@@ -521,8 +561,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut s = self.shared.state.write().expect("state lock");
-        Ok(entries.into_iter().map(|e| apply_entry(&mut s, e, &self.log)).collect())
+        let outcomes: Vec<Outcomes> = {
+            let mut s = self.shared.state.write().expect("state lock");
+            let outcomes = entries.into_iter().map(|e| apply_entry(&mut s, e, &self.log)).collect();
+            if s.closes.is_empty() {
+                return Ok(outcomes);
+            }
+            outcomes
+        };
+        self.shared.publish_closes();
+        Ok(outcomes)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -582,10 +630,10 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftError> {
-        let (ledger, last_applied, membership, lsns, producers) = {
+        let (ledger, last_applied, membership, lsns, producers, tree) = {
             let s = self.shared.state.read().expect("state lock");
-            let (lsns, producers) = (s.lsns.clone(), s.producers.clone());
-            (s.ledger.clone(), s.last_applied, s.membership.clone(), lsns, producers)
+            let (lsns, producers, tree) = (s.lsns.clone(), s.producers.clone(), s.tree.clone());
+            (s.ledger.clone(), s.last_applied, s.membership.clone(), lsns, producers, tree)
         };
         let snapshot_id = match last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -593,7 +641,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let meta =
             SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-        let bytes = SnapshotFile::encode(&meta, &lsns, &producers, &ledger);
+        let bytes = SnapshotFile::encode(&meta, &lsns, &producers, &tree, &ledger);
         meta::write_atomic(&self.shared.snapshot_path(), &bytes).map_err(|e| {
             RaftError::from(StorageIOError::write_snapshot(
                 Some(meta.signature()),

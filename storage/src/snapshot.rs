@@ -3,12 +3,14 @@
 //! the log: every event stays in the segments.
 //!
 //! Layout: magic `TALLYSNP`, format version (u32), meta length (u32), Raft snapshot meta (JSON),
-//! the lsn index (`lsn.rs`), the producer table (`producers.rs`), image length (u64), zero padding to a 16-byte boundary, the engine
-//! image (`Ledger::encode_image`), and a CRC32C of everything before it.
+//! the lsn index (`lsn.rs`), the producer table (`producers.rs`), the log's Merkle tree
+//! (length as u64, then `LogTree::encode`), image length (u64), zero padding to a 16-byte
+//! boundary, the engine image (`Ledger::encode_image`), and a CRC32C of everything before it.
 
 use std::path::Path;
 
 use openraft::{BasicNode, SnapshotMeta};
+use tally_engine::log_tree::LogTree;
 use tally_engine::Ledger;
 
 use crate::error::StorageError;
@@ -21,14 +23,15 @@ pub const FILE: &str = "snapshot.bin";
 /// openraft's description of a snapshot.
 pub type Meta = SnapshotMeta<NodeId, BasicNode>;
 const MAGIC: &[u8; 8] = b"TALLYSNP";
-/// 2: with the producer table.
-const VERSION: u32 = 2;
+/// 2: with the producer table. 3: with the log's Merkle tree.
+const VERSION: u32 = 3;
 
 /// A parsed snapshot file, borrowing the engine image from the file's bytes.
 pub struct SnapshotFile<'a> {
     pub meta: SnapshotMeta<NodeId, BasicNode>,
     pub lsns: LsnIndex,
     pub producers: Producers,
+    pub tree: LogTree,
     image: &'a [u8],
 }
 
@@ -41,6 +44,7 @@ impl<'a> SnapshotFile<'a> {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         lsns: &LsnIndex,
         producers: &Producers,
+        tree: &LogTree,
         ledger: &Ledger,
     ) -> Vec<u8> {
         let meta_json = serde_json::to_vec(meta).expect("snapshot meta serialises");
@@ -52,6 +56,9 @@ impl<'a> SnapshotFile<'a> {
         out.extend_from_slice(&meta_json);
         lsns.encode(&mut out);
         producers.encode(&mut out);
+        let tree = tree.encode();
+        out.extend_from_slice(&(tree.len() as u64).to_le_bytes());
+        out.extend_from_slice(&tree);
         out.extend_from_slice(&(image.len() as u64).to_le_bytes());
         out.resize(out.len().next_multiple_of(16), 0);
         out.extend_from_slice(&image);
@@ -84,13 +91,14 @@ impl<'a> SnapshotFile<'a> {
         let (producers, used) =
             Producers::decode(&body[at..]).ok_or_else(|| bad("bad producer table"))?;
         let at = at + used;
+        let (tree, at) = decode_tree(body, at)?;
         let len = body.get(at..at + 8).ok_or_else(|| bad("truncated"))?;
         let image_len = u64::from_le_bytes(len.try_into().expect("8")) as usize;
         let start = (at + 8).next_multiple_of(16);
         let image = body
             .get(start..start.saturating_add(image_len))
             .ok_or_else(|| bad("truncated image"))?;
-        Ok(SnapshotFile { meta, lsns, producers, image })
+        Ok(SnapshotFile { meta, lsns, producers, tree, image })
     }
 
     pub fn into_state(self) -> Result<SmState, StorageError> {
@@ -101,8 +109,21 @@ impl<'a> SnapshotFile<'a> {
             membership: self.meta.last_membership.clone(),
             lsns: self.lsns,
             producers: self.producers,
+            tree: self.tree,
+            closes: Vec::new(),
         })
     }
+}
+
+/// The tree at `at` (its length, then its encoding) and where what follows starts.
+fn decode_tree(body: &[u8], at: usize) -> Result<(LogTree, usize), StorageError> {
+    let len = body.get(at..at + 8).ok_or_else(|| bad("truncated"))?;
+    let len = usize::try_from(u64::from_le_bytes(len.try_into().expect("8")))
+        .map_err(|_| bad("tree length"))?;
+    let start = at + 8;
+    let bytes = body.get(start..start.saturating_add(len)).ok_or_else(|| bad("truncated tree"))?;
+    let tree = LogTree::decode(bytes).map_err(bad)?;
+    Ok((tree, start + len))
 }
 
 /// Loads the snapshot file at `path`, if there is one, reading it through a mapping (a

@@ -4,16 +4,14 @@
 
 use std::path::Path;
 
-use tally_engine::{replay, BatchSettler, CpuSettler, Ledger, LoggedEvent};
+use tally_engine::{replay, BatchSettler, CpuSettler, LoggedEvent};
 
 use crate::db::{Database, Opened, Options};
 use crate::error::StorageError;
 use crate::history::Records;
-use crate::lsn::LsnIndex;
 use crate::merkle_hex;
 use crate::payload::{self, Outcome};
-use crate::producers::Producers;
-use crate::raft::apply_part;
+use crate::raft::{apply_part, SmState};
 use crate::record::Kind;
 
 #[derive(Debug, Clone)]
@@ -26,6 +24,9 @@ pub struct Report {
     pub live_digest: String,
     pub replay_digest: String,
     pub batch_replay_digest: String,
+    /// The log's Merkle tree as replayed: its size and root (hex).
+    pub tree_size: u64,
+    pub tree_root: String,
     /// The backend that divided the batch replay's pools (`cpu`, `gpu`).
     pub settler: String,
     /// Every difference found; empty means the ledger verified.
@@ -72,13 +73,11 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
     let shared = db.shared().clone();
     // Pass 1: apply every batch of every entry in log order, as the state machine did;
     // record which were refused and compare with what the live state recorded.
-    let mut ledger = Ledger::new();
-    let mut producers = Producers::default();
+    let mut replayed = SmState::empty();
     let (mut accepted, mut refused) = (0u64, 0u64);
     let mut refused_at: Vec<(u64, u32)> = Vec::new();
-    // The replay's own lsn index, built as the state machine builds its one: inference-id
-    // fingerprint hits are settled by reading the log through it (`history.rs`).
-    let mut lsns = LsnIndex::default();
+    // The replay's own lsn index (built as the state machine builds its one: inference-id
+    // fingerprint hits are settled by reading the log through it, `history.rs`) and log tree.
     // Entries past the last applied one are not known committed (a cluster node's tail):
     // neither pass replays them.
     let last = shared.state.read().expect("state lock").last_applied.map(|l| l.index);
@@ -101,13 +100,13 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
             if parts.is_empty() {
                 refused += 1;
                 refused_at.push((r.header.index, 0));
-                lsns.refused(r.header.index, 0);
+                replayed.lsns.refused(r.header.index, 0);
             }
             let index = r.header.index;
             for (k, part) in parts.into_iter().enumerate() {
                 let at = (index, k as u32);
                 let records = Records::Log(log);
-                match apply_part(&mut ledger, &mut producers, &mut lsns, at, part, records) {
+                match apply_part(&mut replayed, at, part, records) {
                     Outcome::Applied(_) => accepted += 1,
                     // Refused, malformed, or a producer's duplicate: no events.
                     _ => {
@@ -118,8 +117,19 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
             }
         }
     });
+    let SmState { ledger, producers, tree, .. } = replayed;
+    let (tree_size, tree_root) = (tree.size(), merkle_hex(&tree.root()));
     {
         let state = shared.state.read().expect("state lock");
+        if (state.tree.size(), state.tree.root()) != (tree.size(), tree.root()) {
+            problems.push(format!(
+                "the live log tree (size {}, root {}) differs from a replay's (size {}, root {})",
+                state.tree.size(),
+                merkle_hex(&state.tree.root()),
+                tree.size(),
+                merkle_hex(&tree.root())
+            ));
+        }
         for &(i, k) in &refused_at {
             if !state.lsns.is_refused(i, k) {
                 problems.push(format!("log index {i} batch {k}: refused on replay, accepted live"));
@@ -197,6 +207,8 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
         live_digest: merkle_hex(&live_digest),
         replay_digest: merkle_hex(&replay_digest),
         batch_replay_digest: merkle_hex(&batch_replay_digest),
+        tree_size,
+        tree_root,
         settler: settler.name().to_owned(),
         problems,
     })

@@ -10,6 +10,7 @@ mod ingest;
 mod serve;
 mod settler;
 mod torture;
+mod verify_proof;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         settler: settler::Choice,
     },
+    /// Check a proof (inclusion, consistency, payout, checkpoint) from SQL's `proof` column,
+    /// with no server: prints `valid` (exit 0) or `invalid: why` (exit 1).
+    VerifyProof(verify_proof::Args),
     /// Cut a log that `verify` or opening reports as corrupt at its last good record. Records
     /// after the damage are lost: copy the directory first.
     Salvage {
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Demo { data, seed, inferences } => demo::run(&data, seed, inferences),
         Command::Verify { data, settler } => verify(&data, settler),
         Command::Salvage { data } => salvage(&data),
+        Command::VerifyProof(args) => verify_proof::run(args),
         Command::Ingest(args) => ingest::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Torture { data, batches } => torture::run(&data, batches),
@@ -162,6 +167,7 @@ fn verify(data: &std::path::Path, settler: settler::Choice) -> Result<ExitCode> 
     println!("live state digest:        {}", report.live_digest);
     println!("replay digest:            {}", report.replay_digest);
     println!("batch replay digest:      {} (settled by {why})", report.batch_replay_digest);
+    println!("log tree root:            {} (size {})", report.tree_root, report.tree_size);
     if report.ok() {
         println!("OK: the ledger verifies ({:.1} s)", started.elapsed().as_secs_f64());
         Ok(ExitCode::SUCCESS)

@@ -232,6 +232,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
         ingest: args.ingest.0,
         raft,
     };
+    let checkpoint_key: String = db.checkpoint_key()?.iter().map(|b| format!("{b:02x}")).collect();
     let served = runtime.block_on(async {
         let server = Server::bind(sql, options).await?;
         let addr = server.local_addr();
@@ -248,6 +249,7 @@ pub fn run(args: Args) -> super::Result<ExitCode> {
             addr.ip(),
             addr.port()
         );
+        println!("checkpoints are signed with this node's Ed25519 key {checkpoint_key}");
         if let Some(raft) = server.raft_addr() {
             let status = db.cluster_status();
             println!("node {} of a cluster: Raft on {raft}, leader {:?}", status.id, status.leader);

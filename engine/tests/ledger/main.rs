@@ -5,6 +5,7 @@ mod fuzz;
 mod image;
 mod model;
 mod pending;
+mod proofs;
 mod props;
 mod shape;
 

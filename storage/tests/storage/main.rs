@@ -7,4 +7,5 @@ mod fuzz;
 mod history;
 mod log_faults;
 mod producers;
+mod proofs;
 mod raft_suite;

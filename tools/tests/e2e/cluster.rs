@@ -477,10 +477,13 @@ fn same_state_then_verify(mut cluster: Cluster) {
         assert!(status.success(), "node {id} exited with {status}");
     }
     let digests: Vec<String> = cluster.dirs.iter().map(|d| verify(d)).collect();
-    assert!(digests.iter().all(|d| *d == digests[0]), "the nodes' digests differ: {digests:?}");
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "the nodes' digests or roots differ: {digests:?}"
+    );
 }
 
-/// `tally verify` on `data`: it must pass; returns the state digest it printed.
+/// `tally verify` on `data`: it must pass; returns the state digest and log tree root it printed.
 fn verify(data: &Path) -> String {
     let out =
         Command::new(env!("CARGO_BIN_EXE_tally")).args(["verify", "--data"]).arg(data).output();
@@ -493,8 +496,12 @@ fn verify(data: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().find(|l| l.starts_with("live state digest:"));
-    line.expect("tally verify prints the state digest").to_owned()
+    // The state's digest and the log tree's root: every replica must have the same of both.
+    let line = |prefix: &str| {
+        let line = stdout.lines().find(|l| l.starts_with(prefix));
+        line.unwrap_or_else(|| panic!("tally verify prints {prefix:?}: {stdout}")).to_owned()
+    };
+    format!("{} {}", line("live state digest:"), line("log tree root:"))
 }
 
 #[test]

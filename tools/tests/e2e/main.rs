@@ -7,6 +7,7 @@ mod cluster;
 mod fuzz;
 mod hostile;
 mod ingest;
+mod proofs;
 mod proxy;
 mod served;
 mod settle;
