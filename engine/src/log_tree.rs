@@ -31,7 +31,11 @@
 //! the tree size asked for. The incomplete last block is never read: its
 //! leaf hashes are kept.
 
+use rayon::prelude::*;
+
+use crate::event::Event;
 use crate::merkle::{empty_root, leaf_hash_concat, node_hash, root_from_leaf_hashes, Hash};
+use crate::state::Applied;
 
 /// Height of the lowest stored nodes: blocks of 2^8 = 256 leaves. Memory is
 /// 2 × 32 B / 2^level per leaf (0.25 B here); a proof reads up to two blocks
@@ -41,6 +45,9 @@ pub const BLOCK_LEVEL: u32 = 8;
 /// Largest block level `with_block_level` takes: blocks of 65536 leaves are
 /// already more than a proof should read back from the log.
 pub const MAX_BLOCK_LEVEL: u32 = 16;
+
+/// Batches from this many events on have their leaves hashed on all cores.
+const PARALLEL_LEAVES: usize = 4096;
 
 /// First byte of `encode`'s output.
 const ENCODING_VERSION: u8 = 1;
@@ -52,6 +59,27 @@ const HEADER_BYTES: usize = 1 + 1 + 8 + HASH_BYTES;
 /// ts in microseconds as i64 big-endian ‖ the `events.body` bytes).
 pub fn log_leaf_hash(lsn: u64, ts_micros: i64, body: &[u8]) -> Hash {
     leaf_hash_concat(&[&lsn.to_be_bytes(), &ts_micros.to_be_bytes(), body])
+}
+
+/// The leaf hash of `event` at `lsn` and `ts`: its `events.body` (canonical JSON) hashed
+/// with them by `log_leaf_hash`.
+pub fn event_leaf_hash(lsn: u64, ts_micros: i64, event: &Event, body: &mut String) -> Hash {
+    body.clear();
+    crate::json::write_body(event, body);
+    log_leaf_hash(lsn, ts_micros, body.as_bytes())
+}
+
+/// The leaf hashes of a batch applied as `applied` (its events share the batch's ts).
+fn batch_leaf_hashes(events: &[Event], applied: Applied) -> Vec<Hash> {
+    let leaf = |(k, event): (usize, &Event)| {
+        let mut body = String::with_capacity(256);
+        event_leaf_hash(applied.first_lsn + k as u64, applied.ts, event, &mut body)
+    };
+    if events.len() >= PARALLEL_LEAVES {
+        events.par_iter().enumerate().map(leaf).collect()
+    } else {
+        events.iter().enumerate().map(leaf).collect()
+    }
 }
 
 /// Where the leaf hashes the tree does not keep come from (storage reads the
@@ -183,6 +211,21 @@ impl LogTree {
             self.tail.clear();
             self.push_block(node);
         }
+    }
+
+    /// Pushes the leaves of a batch applied as `applied` (its lsns follow the tree's size).
+    /// Returns the (size, root) right after each settlement event in it: where an epoch
+    /// closed.
+    pub fn push_batch(&mut self, events: &[Event], applied: Applied) -> Vec<(u64, Hash)> {
+        assert_eq!(self.size + 1, applied.first_lsn, "a batch's leaves follow the tree's");
+        let mut closes = Vec::new();
+        for (event, leaf) in events.iter().zip(batch_leaf_hashes(events, applied)) {
+            self.push(leaf);
+            if matches!(event, Event::Settlement(_)) {
+                closes.push((self.size, self.root()));
+            }
+        }
+        closes
     }
 
     /// Stores a completed block and every node above it that it completes.

@@ -512,7 +512,7 @@ pub(crate) fn apply_part(
     match (&outcome, batch) {
         (Outcome::Applied(a), Some(batch)) => {
             lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before);
-            closes.extend(crate::tree::grow(tree, &batch.events, *a));
+            closes.extend(tree.push_batch(&batch.events, *a));
         }
         // Refused, malformed, a duplicate or out of order: a batch without lsns.
         _ => lsns.refused(index, part),

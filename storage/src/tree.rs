@@ -8,45 +8,13 @@
 //! exactly as the `events` table shows them. Proofs are computed on a copy of the tree taken
 //! under a short read lock: reading leaves back from the log never holds the state's lock.
 
-use rayon::prelude::*;
-use tally_engine::log_tree::{log_leaf_hash, Leaves, LogTree, ProofError};
+use tally_engine::json;
+use tally_engine::log_tree::{event_leaf_hash, log_leaf_hash, Leaves, LogTree, ProofError};
 use tally_engine::merkle::Hash;
-use tally_engine::{json, Applied, Event, Settlement};
 
 use crate::checkpoints::Checkpoint;
 use crate::db::Database;
 use crate::error::StorageError;
-
-/// Batches from this many events on are hashed on all cores.
-const PARALLEL_LEAVES: usize = 4096;
-
-/// The leaf hash of each event of a batch applied as `applied`.
-fn leaf_hashes(events: &[Event], applied: Applied) -> Vec<Hash> {
-    let leaf = |(k, event): (usize, &Event)| {
-        let mut body = String::with_capacity(256);
-        json::write_body(event, &mut body);
-        log_leaf_hash(applied.first_lsn + k as u64, applied.ts, body.as_bytes())
-    };
-    if events.len() >= PARALLEL_LEAVES {
-        events.par_iter().enumerate().map(leaf).collect()
-    } else {
-        events.iter().enumerate().map(leaf).collect()
-    }
-}
-
-/// Pushes an applied batch's leaves. Returns the (size, root) right after each settlement event
-/// in it: where an epoch closed, and a checkpoint is published.
-pub(crate) fn grow(tree: &mut LogTree, events: &[Event], applied: Applied) -> Vec<(u64, Hash)> {
-    debug_assert_eq!(tree.size() + 1, applied.first_lsn, "leaves follow the lsns");
-    let mut closes = Vec::new();
-    for (event, leaf) in events.iter().zip(leaf_hashes(events, applied)) {
-        tree.push(leaf);
-        if matches!(event, Event::Settlement(Settlement { .. })) {
-            closes.push((tree.size(), tree.root()));
-        }
-    }
-    closes
-}
 
 /// The leaves the tree does not keep, read back from the log.
 struct LogLeaves<'a>(&'a Database);
@@ -57,9 +25,7 @@ impl Leaves for LogLeaves<'_> {
         let mut body = String::with_capacity(256);
         self.0
             .scan_events(from + 1, to, |e| {
-                body.clear();
-                json::write_body(&e.event, &mut body);
-                hashes.push(log_leaf_hash(e.lsn, e.ts, body.as_bytes()));
+                hashes.push(event_leaf_hash(e.lsn, e.ts, &e.event, &mut body));
             })
             .map_err(|e| e.to_string())?;
         Ok(hashes)
