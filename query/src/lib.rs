@@ -18,6 +18,7 @@ mod driver_catalog;
 mod error;
 mod execute;
 mod ingest;
+mod kept;
 mod parse_cache;
 mod plan_cache;
 mod postgres;

@@ -9,11 +9,9 @@
 //! repeat, and a write's text usually differs each time (its values). Never: keep a parse that
 //! failed, or grow without bound.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::kept::Kept;
 use crate::session::Parsed;
 
 /// The most texts kept; when full, the cache starts again empty (as `plan_cache.rs`).
@@ -22,9 +20,14 @@ pub const MAX_PARSED_TEXTS: usize = 1024;
 /// the cache holds at most 4 MiB of text (and its statements).
 pub const MAX_PARSED_TEXT_BYTES: usize = 4096;
 
-#[derive(Default)]
 pub(crate) struct ParseCache {
-    parsed: Mutex<HashMap<String, Parsed>>,
+    parsed: Kept<String, Parsed>,
+}
+
+impl Default for ParseCache {
+    fn default() -> Self {
+        ParseCache { parsed: Kept::new(MAX_PARSED_TEXTS) }
+    }
 }
 
 impl ParseCache {
@@ -33,7 +36,7 @@ impl ParseCache {
         if sql.len() > MAX_PARSED_TEXT_BYTES {
             return None;
         }
-        self.parsed.lock().expect("the parse cache is never poisoned").get(sql).cloned()
+        self.parsed.get(sql)
     }
 
     /// Keeps `parsed` for `sql` if it is one query and the text short.
@@ -44,16 +47,12 @@ impl ParseCache {
         if !matches!(parsed.statements.as_slice(), [Statement::Query(_)]) {
             return;
         }
-        let mut kept = self.parsed.lock().expect("the parse cache is never poisoned");
-        if kept.len() >= MAX_PARSED_TEXTS {
-            kept.clear();
-        }
-        kept.insert(sql.to_owned(), parsed.clone());
+        self.parsed.keep(sql.to_owned(), parsed.clone());
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.parsed.lock().expect("the parse cache is never poisoned").len()
+        self.parsed.len()
     }
 }
 

@@ -8,12 +8,10 @@
 //! the append-only rules are checked on each statement before its plan is looked up here.
 //! Never: keep a plan that is not direct, or grow without bound.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use datafusion::sql::sqlparser::ast::Statement;
 
 use crate::execute::Planned;
+use crate::kept::Kept;
 
 /// The most plans kept; when full, the cache starts again empty (the statements a server
 /// repeats are few, and each costs one planning to come back).
@@ -22,9 +20,14 @@ pub const MAX_CACHED_PLANS: usize = 1024;
 /// and the cache's memory stays bounded by the two limits.
 pub const MAX_CACHED_STATEMENT_BYTES: usize = 4096;
 
-#[derive(Default)]
 pub(crate) struct PlanCache {
-    plans: Mutex<HashMap<Statement, Planned>>,
+    plans: Kept<Statement, Planned>,
+}
+
+impl Default for PlanCache {
+    fn default() -> Self {
+        PlanCache { plans: Kept::new(MAX_CACHED_PLANS) }
+    }
 }
 
 impl PlanCache {
@@ -34,7 +37,7 @@ impl PlanCache {
         if !matches!(statement, Statement::Query(_)) {
             return None;
         }
-        self.plans.lock().expect("the plan cache is never poisoned").get(statement).cloned()
+        self.plans.get(statement)
     }
 
     /// Keeps `planned` for `statement` if it is a direct read's plan and the statement short.
@@ -45,16 +48,12 @@ impl PlanCache {
         if statement.to_string().len() > MAX_CACHED_STATEMENT_BYTES {
             return;
         }
-        let mut plans = self.plans.lock().expect("the plan cache is never poisoned");
-        if plans.len() >= MAX_CACHED_PLANS {
-            plans.clear();
-        }
-        plans.insert(statement.clone(), planned.clone());
+        self.plans.keep(statement.clone(), planned.clone());
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.plans.lock().expect("the plan cache is never poisoned").len()
+        self.plans.len()
     }
 }
 
