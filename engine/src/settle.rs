@@ -219,8 +219,9 @@ impl BatchSettler for CpuSettler {
     }
 }
 
-/// Every inference's `divide_pool`, in parallel over chunks of inferences.
-fn divide_pools(input: &SettleInput<'_>, mut reward: &mut [u64], mut unassigned: &mut [u64]) {
+/// `CpuSettler`'s first phase: every inference's `divide_pool`, in parallel over chunks of
+/// inferences. Public so that benchmarks can time the phases apart; `input` must be checked.
+pub fn divide_pools(input: &SettleInput<'_>, mut reward: &mut [u64], mut unassigned: &mut [u64]) {
     // Cut both outputs at inference boundaries so each task owns disjoint slices.
     let mut tasks = Vec::new();
     let mut first = 0;
@@ -250,9 +251,10 @@ fn divide_pools(input: &SettleInput<'_>, mut reward: &mut [u64], mut unassigned:
     });
 }
 
-/// The per-contribution and per-account sums of `reward`. Integer sums: any order gives the
-/// same totals, and each fits because it is a part of the ledger's fee total.
-fn add_up(
+/// `CpuSettler`'s second phase: the per-contribution and per-account sums of `reward`. Integer
+/// sums: any order gives the same totals, and each fits because it is a part of the ledger's
+/// fee total. Public so that benchmarks can time the phases apart.
+pub fn add_up(
     input: &SettleInput<'_>,
     reward: &[u64],
     by_contribution: &mut [u64],

@@ -23,9 +23,10 @@ pub(crate) const NONE: u32 = u32::MAX;
 /// Most attribution entries the open epoch can hold (entry offsets are u32).
 pub const MAX_OPEN_ENTRIES: u64 = (u32::MAX - 1) as u64;
 /// Open-epoch inferences a revocation must touch before they are re-settled together by the
-/// attached batch backend rather than one by one (`Ledger::attach_batch_settler`); measured
-/// in docs/benchmarks.md ("Re-settlement after a revocation").
-pub const DEFAULT_BATCH_RESETTLE_INFERENCES: usize = 65_536;
+/// attached batch backend rather than one by one (`Ledger::attach_batch_settler`). Measured on
+/// 2 cores (docs/benchmarks.md, "Re-settlement after a revocation"): the CPU backend ties at
+/// 10,000 touched inferences and wins by 1.2–1.6× from 50,000 up; below 10,000 it loses.
+pub const DEFAULT_BATCH_RESETTLE_INFERENCES: usize = 32_768;
 
 /// A batch backend for re-settling many inferences at once, and from how many on to use it.
 #[derive(Clone)]
@@ -208,6 +209,45 @@ impl OpenEpoch {
         self.inf_start.clear();
         self.inf_start.push(0);
         self.rewards.fill([0; 4]);
+    }
+}
+
+/// The inferences a revocation touches, gathered as one batch for a backend, with what their
+/// entries earn now (per contribution) and what of their pools falls to `$protocol` now.
+struct Touched {
+    entry_start: Vec<u32>,
+    contribution: Vec<u32>,
+    weight: Vec<u32>,
+    pool: Vec<u64>,
+    old_by_contribution: Vec<u64>,
+    old_unassigned: u64,
+}
+
+impl Touched {
+    fn gather(open: &OpenEpoch, inferences: &[u32], contributions: usize) -> Touched {
+        let mut t = Touched {
+            entry_start: Vec::with_capacity(inferences.len() + 1),
+            contribution: Vec::new(),
+            weight: Vec::new(),
+            pool: Vec::with_capacity(inferences.len()),
+            old_by_contribution: vec![0; contributions],
+            old_unassigned: 0,
+        };
+        t.entry_start.push(0);
+        for &i in inferences {
+            let range = open.entry_range(i as usize);
+            let mut given = 0;
+            for e in range.clone() {
+                t.old_by_contribution[open.e_contribution[e] as usize] += open.e_reward[e];
+                given += open.e_reward[e];
+            }
+            t.old_unassigned += open.inf_pool[i as usize] - given;
+            t.contribution.extend_from_slice(&open.e_contribution[range.clone()]);
+            t.weight.extend_from_slice(&open.e_weight[range]);
+            t.entry_start.push(t.weight.len() as u32);
+            t.pool.push(open.inf_pool[i as usize]);
+        }
+        t
     }
 }
 
@@ -624,33 +664,25 @@ impl Ledger {
     }
 
     /// `resettle` for many inferences at once: their entries are gathered into one batch for
-    /// `settler`, and the differences moved as `resettle` moves them. Changes nothing when the
-    /// backend fails.
+    /// `settler`, and what moves is applied per contribution (the backend's totals of the new
+    /// rewards against the old ones), not entry by entry: one update of a contribution's,
+    /// datanet's and account's rows however many of its entries changed. Changes nothing when
+    /// the backend fails.
     fn resettle_batch(
         &mut self,
         inferences: &[u32],
         settler: &dyn BatchSettler,
     ) -> Result<(), crate::settle::SettleError> {
-        let o = &self.open;
-        let mut entry_start = Vec::with_capacity(inferences.len() + 1);
-        entry_start.push(0u32);
-        let (mut contribution, mut weight, mut pool) = (Vec::new(), Vec::new(), Vec::new());
-        for &i in inferences {
-            let range = o.entry_range(i as usize);
-            contribution.extend_from_slice(&o.e_contribution[range.clone()]);
-            weight.extend_from_slice(&o.e_weight[range]);
-            entry_start.push(weight.len() as u32);
-            pool.push(o.inf_pool[i as usize]);
-        }
+        let touched = Touched::gather(&self.open, inferences, self.contribution_rows.len());
         let contributor: Vec<u32> = self.contribution_rows.iter().map(|r| r.contributor).collect();
-        let mut reward = vec![0u64; weight.len()];
-        let mut unassigned = vec![0u64; pool.len()];
+        let mut reward = vec![0u64; touched.weight.len()];
+        let mut unassigned = vec![0u64; touched.pool.len()];
         let (mut by_c, mut by_a) = (vec![0u64; contributor.len()], vec![0u64; self.accounts.len()]);
         let input = SettleInput {
-            entry_start: &entry_start,
-            pool: &pool,
-            contribution: &contribution,
-            weight: &weight,
+            entry_start: &touched.entry_start,
+            pool: &touched.pool,
+            contribution: &touched.contribution,
+            weight: &touched.weight,
             revoked: &self.revoked,
             contributor: &contributor,
             accounts: by_a.len(),
@@ -663,9 +695,19 @@ impl Ledger {
         };
         settler.settle(&input, out)?;
         for (k, &i) in inferences.iter().enumerate() {
-            let new = &reward[entry_start[k] as usize..entry_start[k + 1] as usize];
-            self.move_rewards(i as usize, new, unassigned[k]);
+            let new = &reward[touched.entry_start[k] as usize..touched.entry_start[k + 1] as usize];
+            let range = self.open.entry_range(i as usize);
+            self.open.e_reward[range].copy_from_slice(new);
         }
+        for (c, (&old, &new)) in touched.old_by_contribution.iter().zip(&by_c).enumerate() {
+            if old != new {
+                self.debit_contribution(c as u32, old);
+                self.credit_contribution(c as u32, new);
+            }
+        }
+        let new_unassigned: u64 = unassigned.iter().sum();
+        let protocol = &mut self.open.rewards[PROTOCOL as usize][Role::Protocol as usize];
+        *protocol = *protocol - touched.old_unassigned + new_unassigned;
         Ok(())
     }
 
