@@ -52,14 +52,18 @@ pub fn write_body(event: &Event, out: &mut String) {
             string(out, &inf.model);
             out.push_str(",\"consumer\":");
             string(out, &inf.consumer);
-            let _ = write!(out, ",\"fee\":{},\"attributions\":[", inf.fee);
+            out.push_str(",\"fee\":");
+            integer(out, inf.fee);
+            out.push_str(",\"attributions\":[");
             for (i, a) in inf.attributions.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
                 out.push('[');
                 string(out, &a.contribution);
-                let _ = write!(out, ",{}]", a.weight);
+                out.push(',');
+                integer(out, i64::from(a.weight));
+                out.push(']');
             }
             out.push(']');
         }
@@ -90,10 +94,37 @@ pub fn body(event: &Event) -> String {
     out
 }
 
+/// A whole number in decimal, as `{}` formats it, without the formatting machinery: every
+/// event's body is written once more for its leaf in the log's Merkle tree, so this is on the
+/// apply path.
+fn integer(out: &mut String, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push('-');
+    }
+    out.push_str(std::str::from_utf8(&digits[at..]).expect("ASCII digits"));
+}
+
 /// A JSON string: `"` and `\` escaped, control characters as `\n`-style or `\u00XX`, every
 /// other character as raw UTF-8 (the same choice serde_json makes).
 fn string(out: &mut String, s: &str) {
     out.push('"');
+    // Ids are from an alphabet that needs no escaping: copied whole.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -110,4 +141,22 @@ fn string(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_and_strings_are_written_as_the_formatter_and_escaping_would() {
+        for n in [0, 1, -1, 9, 10, 99, 1 << 40, i64::MAX, i64::MIN, -1234567890] {
+            let mut out = String::new();
+            integer(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        let mut out = String::new();
+        string(&mut out, "c-00:12/x@y.z");
+        string(&mut out, "a\"b\\c\nd\u{1}");
+        assert_eq!(out, "\"c-00:12/x@y.z\"\"a\\\"b\\\\c\\nd\\u0001\"");
+    }
 }

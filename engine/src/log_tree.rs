@@ -31,8 +31,6 @@
 //! the tree size asked for. The incomplete last block is never read: its
 //! leaf hashes are kept.
 
-use rayon::prelude::*;
-
 use crate::event::Event;
 use crate::merkle::{empty_root, leaf_hash_concat, node_hash, root_from_leaf_hashes, Hash};
 use crate::state::Applied;
@@ -45,9 +43,6 @@ pub const BLOCK_LEVEL: u32 = 8;
 /// Largest block level `with_block_level` takes: blocks of 65536 leaves are
 /// already more than a proof should read back from the log.
 pub const MAX_BLOCK_LEVEL: u32 = 16;
-
-/// Batches from this many events on have their leaves hashed on all cores.
-const PARALLEL_LEAVES: usize = 4096;
 
 /// First byte of `encode`'s output.
 const ENCODING_VERSION: u8 = 1;
@@ -69,17 +64,15 @@ pub fn event_leaf_hash(lsn: u64, ts_micros: i64, event: &Event, body: &mut Strin
     log_leaf_hash(lsn, ts_micros, body.as_bytes())
 }
 
-/// The leaf hashes of a batch applied as `applied` (its events share the batch's ts).
-fn batch_leaf_hashes(events: &[Event], applied: Applied) -> Vec<Hash> {
+/// The leaf hashes of a batch applied as `applied` (its events share the batch's ts), on the
+/// calling thread: the expensive part of growing the tree (a canonical JSON body and a
+/// SHA-256 per event), which the caller may do away from whatever it must not hold up.
+pub fn batch_leaf_hashes(events: &[Event], applied: Applied) -> Vec<Hash> {
+    let mut body = String::with_capacity(256);
     let leaf = |(k, event): (usize, &Event)| {
-        let mut body = String::with_capacity(256);
         event_leaf_hash(applied.first_lsn + k as u64, applied.ts, event, &mut body)
     };
-    if events.len() >= PARALLEL_LEAVES {
-        events.par_iter().enumerate().map(leaf).collect()
-    } else {
-        events.iter().enumerate().map(leaf).collect()
-    }
+    events.iter().enumerate().map(leaf).collect()
 }
 
 /// Where the leaf hashes the tree does not keep come from (storage reads the
@@ -218,9 +211,15 @@ impl LogTree {
     /// closed.
     pub fn push_batch(&mut self, events: &[Event], applied: Applied) -> Vec<(u64, Hash)> {
         assert_eq!(self.size + 1, applied.first_lsn, "a batch's leaves follow the tree's");
+        self.push_leaves(events, &batch_leaf_hashes(events, applied))
+    }
+
+    /// `push_batch` with the leaves hashed already (`batch_leaf_hashes`).
+    pub fn push_leaves(&mut self, events: &[Event], leaves: &[Hash]) -> Vec<(u64, Hash)> {
+        assert_eq!(events.len(), leaves.len(), "one leaf per event");
         let mut closes = Vec::new();
-        for (event, leaf) in events.iter().zip(batch_leaf_hashes(events, applied)) {
-            self.push(leaf);
+        for (event, leaf) in events.iter().zip(leaves) {
+            self.push(*leaf);
             if matches!(event, Event::Settlement(_)) {
                 closes.push((self.size, self.root()));
             }

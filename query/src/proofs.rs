@@ -90,7 +90,7 @@ fn ledger_root(exprs: &[Expr]) -> Result<(SchemaRef, Compute), QueryError> {
     no_arguments(exprs, "ledger_root()")?;
     let compute: Compute = Arc::new(|db, past| {
         let (size, root) = match past {
-            None => db.ledger_root(),
+            None => db.ledger_root()?,
             Some(l) => (l.last_lsn(), db.ledger_root_at(l.last_lsn())?),
         };
         row(&root_schema(), vec![ints(size), texts(&to_hex(&root))])

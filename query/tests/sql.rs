@@ -997,7 +997,7 @@ fn proofs_roots_and_checkpoints_answer_in_sql() {
     use tally_engine::merkle::{self, verify_consistency, verify_inclusion};
     let (_dir, sql) = demo();
     let db = sql.database().clone();
-    let (size, root) = db.ledger_root();
+    let (size, root) = db.ledger_root().unwrap();
     let b = sql.query_blocking("SELECT tree_size, root FROM ledger_root()").unwrap();
     assert_eq!(
         (col_i64(&b, "tree_size")[0] as u64, col_str(&b, "root")[0].clone()),

@@ -17,7 +17,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use tally_engine::merkle::{to_hex, Hash};
@@ -112,6 +112,37 @@ impl Checkpoints {
     /// Every checkpoint published, oldest first.
     pub fn all(&self) -> Vec<Checkpoint> {
         self.kept.lock().expect("the checkpoints are never poisoned").clone()
+    }
+}
+
+/// A data directory's checkpoints, opened (and the node's key created) on first use.
+pub struct NodeCheckpoints {
+    dir: PathBuf,
+    opened: OnceLock<Checkpoints>,
+}
+
+impl NodeCheckpoints {
+    pub fn new(dir: &Path) -> NodeCheckpoints {
+        NodeCheckpoints { dir: dir.to_path_buf(), opened: OnceLock::new() }
+    }
+
+    pub fn get(&self) -> Result<&Checkpoints, StorageError> {
+        if let Some(c) = self.opened.get() {
+            return Ok(c);
+        }
+        let opened = Checkpoints::open(&self.dir)?;
+        Ok(self.opened.get_or_init(|| opened))
+    }
+
+    /// Signs a checkpoint at each epoch close, (tree size, root). A failure (a full disk) is
+    /// logged, never fails applying: the close is in the log either way, and a checkpoint can
+    /// be published on demand later.
+    pub fn publish_closes(&self, closes: &[(u64, Hash)]) {
+        for &(size, root) in closes {
+            if let Err(e) = self.get().and_then(|c| c.publish(size, root)) {
+                tracing::warn!("no checkpoint at the epoch close at lsn {size}: {e}");
+            }
+        }
     }
 }
 

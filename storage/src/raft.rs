@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
@@ -19,10 +19,9 @@ use openraft::{
     StorageIOError, StoredMembership, Vote,
 };
 use tally_engine::log_tree::LogTree;
-use tally_engine::merkle::Hash;
 use tally_engine::{InferenceHistory, Ledger};
 
-use crate::checkpoints::Checkpoints;
+use crate::checkpoints::NodeCheckpoints;
 use crate::error::StorageError;
 use crate::flusher::Flusher;
 use crate::history::{LogHistory, Records};
@@ -33,6 +32,7 @@ use crate::payload::{self, BatchRecord, Outcome, Outcomes, Proposal};
 use crate::producers::{Admission, Producers};
 use crate::record::Kind;
 use crate::snapshot::{self, SnapshotFile};
+use crate::tree::{Keeper, StateTree};
 
 openraft::declare_raft_types!(
     /// Tally's Raft types: entries carry ledger batches, applying one gives an `Outcome`.
@@ -355,10 +355,7 @@ pub struct SmState {
     /// Who had which batches applied, for exactly-once ingest.
     pub producers: Producers,
     /// The Merkle tree over every applied event (`tree.rs`).
-    pub tree: LogTree,
-    /// (tree size, root) right after each settlement event applied since they were last taken:
-    /// the checkpoints to publish (`checkpoints.rs`). Not part of the replicated state.
-    pub closes: Vec<(u64, Hash)>,
+    pub tree: StateTree,
 }
 
 impl SmState {
@@ -369,8 +366,7 @@ impl SmState {
             membership: StoredMembership::default(),
             lsns: LsnIndex::default(),
             producers: Producers::default(),
-            tree: LogTree::new(),
-            closes: Vec::new(),
+            tree: StateTree::Inline(LogTree::new()),
         }
     }
 }
@@ -381,7 +377,7 @@ pub struct Shared {
     dir: PathBuf,
     current: Mutex<Option<SnapshotMeta<NodeId, BasicNode>>>,
     /// This node's key and signed checkpoints, opened on first use (`checkpoints.rs`).
-    checkpoints: OnceLock<Checkpoints>,
+    pub checkpoints: Arc<NodeCheckpoints>,
 }
 
 impl Shared {
@@ -389,25 +385,13 @@ impl Shared {
         self.dir.join(snapshot::FILE)
     }
 
-    /// This node's checkpoints; the first call loads or creates its key.
-    pub fn checkpoints(&self) -> Result<&Checkpoints, StorageError> {
-        if let Some(c) = self.checkpoints.get() {
-            return Ok(c);
+    /// `state` with its tree kept on the tree's own thread (`tree.rs`), as the live state
+    /// machine keeps it.
+    fn kept(&self, mut state: SmState) -> SmState {
+        if let StateTree::Inline(tree) = std::mem::replace(&mut state.tree, StateTree::empty()) {
+            state.tree = StateTree::Kept(Keeper::start(tree, self.checkpoints.clone()));
         }
-        let opened = Checkpoints::open(&self.dir)?;
-        Ok(self.checkpoints.get_or_init(|| opened))
-    }
-
-    /// Signs a checkpoint at each epoch close applied since the last call. A failure (a full
-    /// disk) is logged, never fails applying: the close is in the log either way, and a
-    /// checkpoint can be published on demand later.
-    fn publish_closes(&self) {
-        let closes = std::mem::take(&mut self.state.write().expect("state lock").closes);
-        for (size, root) in closes {
-            if let Err(e) = self.checkpoints().and_then(|c| c.publish(size, root)) {
-                tracing::warn!("no checkpoint at the epoch close at lsn {size}: {e}");
-            }
-        }
+        state
     }
 }
 
@@ -437,12 +421,13 @@ impl StateMachine {
                 (SmState::empty(), None, Some(format!("{e}; moved to {}", aside.display())))
             }
         };
-        let shared = Shared {
-            state: RwLock::new(state),
+        let mut shared = Shared {
+            state: RwLock::new(SmState::empty()),
             dir: dir.into(),
             current: Mutex::new(current),
-            checkpoints: OnceLock::new(),
+            checkpoints: Arc::new(NodeCheckpoints::new(dir)),
         };
+        *shared.state.get_mut().expect("state lock") = shared.kept(state);
         Ok((StateMachine { shared: Arc::new(shared), log }, discarded))
     }
 
@@ -499,7 +484,7 @@ pub(crate) fn apply_part(
     records: Records<'_>,
 ) -> Outcome {
     let (index, part) = at;
-    let SmState { ledger, producers, lsns, tree, closes, .. } = state;
+    let SmState { ledger, producers, lsns, tree, .. } = state;
     let ts_before = ledger.last_ts();
     let (outcome, batch) = match payload::decode(bytes) {
         // The lsn index is apart from the ledger: it is read while the ledger changes.
@@ -512,7 +497,7 @@ pub(crate) fn apply_part(
     match (&outcome, batch) {
         (Outcome::Applied(a), Some(batch)) => {
             lsns.accepted(index, part, a.first_lsn, a.last_lsn, ts_before);
-            closes.extend(tree.push_batch(&batch.events, *a));
+            tree.grow(batch.events, *a);
         }
         // Refused, malformed, a duplicate or out of order: a batch without lsns.
         _ => lsns.refused(index, part),
@@ -561,16 +546,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let outcomes: Vec<Outcomes> = {
-            let mut s = self.shared.state.write().expect("state lock");
-            let outcomes = entries.into_iter().map(|e| apply_entry(&mut s, e, &self.log)).collect();
-            if s.closes.is_empty() {
-                return Ok(outcomes);
-            }
-            outcomes
-        };
-        self.shared.publish_closes();
-        Ok(outcomes)
+        let mut s = self.shared.state.write().expect("state lock");
+        Ok(entries.into_iter().map(|e| apply_entry(&mut s, e, &self.log)).collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -596,7 +573,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         meta::write_atomic(&self.shared.snapshot_path(), &bytes)
             .map_err(|e| RaftError::from(StorageIOError::write_snapshot(sig, AnyError::new(&e))))?;
-        let mut state = state;
+        let mut state = self.shared.kept(state);
         let mut current = self.shared.state.write().expect("state lock");
         // The batch backend is the node's, not the snapshot's.
         if let Some((settler, min_inferences)) = current.ledger.batch_settler() {
@@ -632,7 +609,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, RaftError> {
         let (ledger, last_applied, membership, lsns, producers, tree) = {
             let s = self.shared.state.read().expect("state lock");
-            let (lsns, producers, tree) = (s.lsns.clone(), s.producers.clone(), s.tree.clone());
+            let (lsns, producers) = (s.lsns.clone(), s.producers.clone());
+            // Waits (holding the lock, so nothing is added) for the tree to reach the ledger.
+            let tree = s.tree.at(s.ledger.last_lsn()).map_err(|e| {
+                RaftError::from(StorageIOError::write_snapshot(None, AnyError::new(&e)))
+            })?;
             (s.ledger.clone(), s.last_applied, s.membership.clone(), lsns, producers, tree)
         };
         let snapshot_id = match last_applied {

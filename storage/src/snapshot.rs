@@ -103,14 +103,18 @@ impl<'a> SnapshotFile<'a> {
 
     pub fn into_state(self) -> Result<SmState, StorageError> {
         let ledger = Ledger::decode_image(self.image).map_err(bad)?;
+        // Leaf i is lsn i + 1: a tree of another size belongs to another state.
+        if self.tree.size() != ledger.last_lsn() {
+            let (size, lsn) = (self.tree.size(), ledger.last_lsn());
+            return Err(bad(format!("its log tree has {size} leaves, its ledger {lsn} events")));
+        }
         Ok(SmState {
             ledger,
             last_applied: self.meta.last_log_id,
             membership: self.meta.last_membership.clone(),
             lsns: self.lsns,
             producers: self.producers,
-            tree: self.tree,
-            closes: Vec::new(),
+            tree: crate::tree::StateTree::Inline(self.tree),
         })
     }
 }

@@ -13,6 +13,7 @@ use crate::merkle_hex;
 use crate::payload::{self, Outcome};
 use crate::raft::{apply_part, SmState};
 use crate::record::Kind;
+use crate::tree::StateTree;
 
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -118,18 +119,19 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
         }
     });
     let SmState { ledger, producers, tree, .. } = replayed;
+    let StateTree::Inline(tree) = tree else { unreachable!("a replay grows its tree inline") };
     let (tree_size, tree_root) = (tree.size(), merkle_hex(&tree.root()));
+    match db.ledger_root() {
+        Ok(live) if live == (tree.size(), tree.root()) => {}
+        Ok((size, root)) => problems.push(format!(
+            "the live log tree (size {size}, root {}) differs from a replay's (size {tree_size}, \
+             root {tree_root})",
+            merkle_hex(&root)
+        )),
+        Err(e) => problems.push(format!("live log tree: {e}")),
+    }
     {
         let state = shared.state.read().expect("state lock");
-        if (state.tree.size(), state.tree.root()) != (tree.size(), tree.root()) {
-            problems.push(format!(
-                "the live log tree (size {}, root {}) differs from a replay's (size {}, root {})",
-                state.tree.size(),
-                merkle_hex(&state.tree.root()),
-                tree.size(),
-                merkle_hex(&tree.root())
-            ));
-        }
         for &(i, k) in &refused_at {
             if !state.lsns.is_refused(i, k) {
                 problems.push(format!("log index {i} batch {k}: refused on replay, accepted live"));
