@@ -29,7 +29,7 @@ use crate::cluster::{self, Forward, ForwardError, ForwardFuture, Forwarded, Memb
 use crate::error::StorageError;
 use crate::history::LogHistory;
 use crate::log::{Recovery, SEGMENT_BYTES};
-use crate::payload::{self, Origin, Outcome, Proposal};
+use crate::payload::{self, BatchRecord, Origin, Outcome, Proposal};
 use crate::producers::{Admission, MAX_PRODUCER_BYTES};
 use crate::raft::{LogStore, NodeId, Shared, StateMachine, TypeConfig};
 use crate::record::Kind;
@@ -103,6 +103,8 @@ pub enum Landed {
 
 struct Request {
     part: AlignedVec<16>,
+    /// What `part` was archived from, for applying it here without a decode.
+    record: BatchRecord,
     reply: Reply,
 }
 
@@ -221,11 +223,16 @@ async fn coalesce(
             },
         };
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let mut group = gather(first, &mut rx, &mut carry);
-        let parts: Vec<AlignedVec<16>> =
-            group.iter_mut().map(|r| std::mem::take(&mut r.part)).collect();
-        let replies: Vec<_> = group.into_iter().map(|r| r.reply).collect();
-        let proposal = Proposal::group(&parts);
+        let group = gather(first, &mut rx, &mut carry);
+        let mut parts = Vec::with_capacity(group.len());
+        let mut records = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        for r in group {
+            parts.push(r.part);
+            records.push(r.record);
+            replies.push(r.reply);
+        }
+        let proposal = Proposal::group_records(&parts, records);
         drop(parts);
         if let Some(forward) = route.forward_to(&raft) {
             // One forwarded entry at a time: entries reach the leader in the order their
@@ -812,14 +819,15 @@ impl Database {
                 Ok(()) => WriteError::Malformed(format!("event {i} is malformed")),
             });
         }
-        let part = payload::encode_batch(now_micros(), origin, events);
+        let record = BatchRecord { ts: now_micros(), origin, events };
+        let part = payload::encode_record(&record);
         let bytes = payload::group_bytes(1, payload::aligned(part.len()));
         if bytes > payload::MAX_PROPOSAL_BYTES {
             return Err(WriteError::TooLarge { bytes, max: payload::MAX_PROPOSAL_BYTES });
         }
         let (reply, rx) = oneshot::channel();
         self.coalescer
-            .send(Request { part, reply })
+            .send(Request { part, record, reply })
             .await
             .map_err(|_| WriteError::Raft("the database is shutting down".into()))?;
         Ok(PendingWrite(rx))

@@ -7,6 +7,8 @@
 //! offset and length (u64 each, offsets from the payload start), zero padding to 16 bytes, then
 //! the parts, each starting 16-byte aligned so that it is read in place.
 
+use std::sync::{Arc, Mutex};
+
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use tally_engine::{Applied, Event, Refusal};
@@ -50,12 +52,17 @@ pub struct BatchRecord {
 
 /// One batch, archived (16-byte aligned bytes of a `BatchRecord`).
 pub fn encode_batch(ts: i64, origin: Option<Origin>, events: Vec<Event>) -> AlignedVec<16> {
+    encode_record(&BatchRecord { ts, origin, events })
+}
+
+/// `record`, archived (16-byte aligned bytes).
+pub fn encode_record(record: &BatchRecord) -> AlignedVec<16> {
     // Sized once, generously (about 234 bytes an event are written): growing by doubling
     // copies the whole archive each time into fresh pages, which cost a large COPY more than
     // serialising it. Capacity never touched costs nothing.
-    let estimate = events.len().saturating_mul(ARCHIVE_BYTES_PER_EVENT).saturating_add(4096);
+    let estimate = record.events.len().saturating_mul(ARCHIVE_BYTES_PER_EVENT).saturating_add(4096);
     let out = AlignedVec::<16>::with_capacity(estimate);
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&BatchRecord { ts, origin, events }, out)
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(record, out)
         .expect("serialising a batch cannot fail")
 }
 
@@ -63,9 +70,31 @@ pub fn encode_batch(ts: i64, origin: Option<Origin>, events: Vec<Event>) -> Alig
 const ARCHIVE_BYTES_PER_EVENT: usize = 384;
 
 /// A Raft entry's payload: one or more archived batches.
+///
+/// On the node that made it, the entry also carries its batches as they were before they
+/// were archived (`Batches`), so that applying it here needs no decode of what was just
+/// encoded: those are the very values the archive was made from, so the state is the one a
+/// replica reaches by decoding the bytes. Only the bytes are stored and sent.
 #[derive(Clone, Debug)]
 pub struct Proposal {
-    bytes: AlignedVec<16>,
+    bytes: Arc<AlignedVec<16>>,
+    batches: Option<Batches>,
+}
+
+/// An entry's batches before archiving, taken once by whoever applies the entry first
+/// (clones of a `Proposal` share them).
+#[derive(Clone, Debug, Default)]
+pub struct Batches(Arc<Mutex<Option<Vec<BatchRecord>>>>);
+
+impl Batches {
+    pub fn new(records: Vec<BatchRecord>) -> Batches {
+        Batches(Arc::new(Mutex::new(Some(records))))
+    }
+
+    /// The batches, if nobody took them yet.
+    pub fn take(&self) -> Option<Vec<BatchRecord>> {
+        self.0.lock().expect("batches lock").take()
+    }
 }
 
 impl PartialEq for Proposal {
@@ -97,14 +126,32 @@ impl Proposal {
             bytes.extend_from_slice(p);
             bytes.resize(bytes.len().next_multiple_of(16), 0);
         }
-        Proposal { bytes }
+        Proposal { bytes: Arc::new(bytes), batches: None }
+    }
+
+    /// `group`, with the batches the parts were archived from (same order), for applying the
+    /// entry on this node without decoding it.
+    pub fn group_records(parts: &[AlignedVec<16>], records: Vec<BatchRecord>) -> Proposal {
+        assert_eq!(parts.len(), records.len(), "one record per archived part");
+        Proposal { batches: Some(Batches::new(records)), ..Proposal::group(parts) }
+    }
+
+    /// Whether the entry carries the batches it was archived from (see `take_batches`).
+    pub fn has_batches(&self) -> bool {
+        self.batches.is_some()
+    }
+
+    /// The batches this entry was archived from, when it was made on this node and nobody
+    /// took them yet.
+    pub fn take_batches(&self) -> Option<Vec<BatchRecord>> {
+        self.batches.as_ref().and_then(Batches::take)
     }
 
     /// Wraps bytes read from a log record or received from a peer (copied to aligned memory).
     pub fn from_bytes(bytes: &[u8]) -> Proposal {
         let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
         aligned.extend_from_slice(bytes);
-        Proposal { bytes: aligned }
+        Proposal { bytes: Arc::new(aligned), batches: None }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -151,7 +198,7 @@ pub fn access(bytes: &[u8]) -> Result<&ArchivedBatchRecord, String> {
 
 impl serde::Serialize for Proposal {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.bytes)
+        s.serialize_bytes(self.as_bytes())
     }
 }
 

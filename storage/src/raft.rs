@@ -6,6 +6,7 @@
 //! Never: acknowledge an append before its fsync (the flusher fires openraft's callback), or
 //! delete ledger records — `purge` only moves Raft's view of the log forward.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -62,7 +63,14 @@ struct LogInner {
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
     purged: Option<LogId<NodeId>>,
+    /// Entries this node proposed, appended and not yet applied, by index: read back from
+    /// here, they still carry their batches unarchived (`Proposal::take_batches`).
+    recent: BTreeMap<u64, (LogId<NodeId>, Proposal)>,
 }
+
+/// Most entries kept in `LogInner::recent`. The coalescer has at most a few entries in flight;
+/// past this, the oldest are dropped (and decoded from the log when applied).
+const RECENT_KEPT: usize = 64;
 
 /// The Raft log over the segmented log. Cheap to clone (shared).
 #[derive(Clone)]
@@ -108,7 +116,8 @@ impl LogStore {
                 });
             }
         }
-        let inner = LogInner { log, flusher, vote, committed, purged };
+        let recent = BTreeMap::new();
+        let inner = LogInner { log, flusher, vote, committed, purged, recent };
         Ok((LogStore { inner: Arc::new(Mutex::new(inner)), dir: dir.into() }, recovery))
     }
 
@@ -174,6 +183,29 @@ impl LogStore {
     }
 }
 
+impl LogInner {
+    /// Keeps the appended entries that carry their batches unarchived (see `recent`).
+    fn keep_recent(&mut self, entries: Vec<Entry<TypeConfig>>) {
+        for e in entries {
+            if let EntryPayload::Normal(p) = e.payload {
+                if p.has_batches() {
+                    self.recent.insert(e.log_id.index, (e.log_id, p));
+                }
+            }
+        }
+        while self.recent.len() > RECENT_KEPT {
+            self.recent.pop_first();
+        }
+    }
+}
+
+impl LogStore {
+    /// Forgets the kept copy of entry `index` (`LogInner::recent`): it is being applied.
+    fn applying(&self, index: u64) {
+        self.lock().recent.remove(&index);
+    }
+}
+
 fn log_id_of(h: &crate::record::Header) -> LogId<NodeId> {
     LogId::new(CommittedLeaderId::new(h.term, h.node), h.index)
 }
@@ -214,7 +246,12 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&r.header.index) {
                 break;
             }
-            out.push(to_entry(r)?);
+            match inner.recent.get(&r.header.index) {
+                Some((id, p)) if *id == log_id_of(&r.header) => {
+                    out.push(Entry { log_id: *id, payload: EntryPayload::Normal(p.clone()) })
+                }
+                _ => out.push(to_entry(r)?),
+            }
         }
         Ok(out)
     }
@@ -319,6 +356,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let file = inner.log.append(&records).map_err(write_err)?;
+        drop(records);
+        inner.keep_recent(entries);
         let Some(file) = file else {
             callback.log_io_completed(Ok(()));
             return Ok(());
@@ -334,13 +373,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
-        self.lock().log.truncate(log_id.index).map_err(write_err)
+        let mut inner = self.lock();
+        inner.recent.retain(|&i, _| i < log_id.index);
+        inner.log.truncate(log_id.index).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), RaftError> {
         let bytes = serde_json::to_vec(&log_id).expect("log id serialises");
         meta::write_atomic(&self.dir.join(PURGED_FILE), &bytes).map_err(write_err)?;
-        self.lock().purged = Some(log_id);
+        let mut inner = self.lock();
+        inner.purged = Some(log_id);
+        inner.recent.retain(|&i, _| i > log_id.index);
         Ok(())
     }
 }
@@ -445,34 +488,36 @@ fn apply_entry(state: &mut SmState, entry: Entry<TypeConfig>, log: &LogStore) ->
             state.membership = StoredMembership::new(Some(entry.log_id), m);
             Outcomes::default()
         }
-        EntryPayload::Normal(p) => match payload::parts(p.as_bytes()) {
-            Err(e) => {
-                state.lsns.refused(index, 0);
-                Outcomes(vec![Outcome::Malformed(e)])
-            }
-            Ok(parts) => Outcomes(
-                parts
-                    .into_iter()
-                    .enumerate()
-                    .map(|(k, part)| apply_batch(state, index, k as u32, part, log))
-                    .collect(),
-            ),
-        },
+        EntryPayload::Normal(p) => {
+            log.applying(index);
+            apply_proposal(state, index, &p, log)
+        }
     }
 }
 
-/// Applies one batch of an entry: all of it or, refused, none of it.
-fn apply_batch(
-    state: &mut SmState,
-    index: u64,
-    part: u32,
-    bytes: &[u8],
-    log: &LogStore,
-) -> Outcome {
-    apply_part(state, (index, part), bytes, Records::Store(log))
+/// Applies each batch of an entry's payload: all of each or, refused, none of it. Batches
+/// that this node archived itself are taken as they were; the others are decoded.
+fn apply_proposal(state: &mut SmState, index: u64, p: &Proposal, log: &LogStore) -> Outcomes {
+    let parts = match payload::parts(p.as_bytes()) {
+        Err(e) => {
+            state.lsns.refused(index, 0);
+            return Outcomes(vec![Outcome::Malformed(e)]);
+        }
+        Ok(parts) => parts,
+    };
+    let mut records = p.take_batches().map(Vec::into_iter);
+    assert!(records.as_ref().is_none_or(|r| r.len() == parts.len()), "one record per part");
+    let outcomes = parts.into_iter().enumerate().map(|(k, part)| {
+        let batch = match records.as_mut().and_then(Iterator::next) {
+            Some(record) => Ok(record),
+            None => payload::decode(part),
+        };
+        apply_part(state, (index, k as u32), batch, Records::Store(log))
+    });
+    Outcomes(outcomes.collect())
 }
 
-/// Applies batch `at` = (log index, part) of an entry, given as its archived `bytes`, to the
+/// Applies batch `at` = (log index, part) of an entry, given as decoded from its archive, to the
 /// ledger and the producer table, records its lsns (or none) in the lsn index and its events'
 /// leaves in the tree: what the state machine does, and what a replay of the log does again
 /// (`verify.rs`). Inference-id fingerprint hits are settled by reading `records` through the
@@ -480,13 +525,13 @@ fn apply_batch(
 pub(crate) fn apply_part(
     state: &mut SmState,
     at: (u64, u32),
-    bytes: &[u8],
+    decoded: Result<BatchRecord, String>,
     records: Records<'_>,
 ) -> Outcome {
     let (index, part) = at;
     let SmState { ledger, producers, lsns, tree, .. } = state;
     let ts_before = ledger.last_ts();
-    let (outcome, batch) = match payload::decode(bytes) {
+    let (outcome, batch) = match decoded {
         // The lsn index is apart from the ledger: it is read while the ledger changes.
         Ok(batch) => {
             let history = LogHistory::with(lsns, records);

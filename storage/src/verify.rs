@@ -107,7 +107,7 @@ pub fn verify_with(dir: &Path, settler: &dyn BatchSettler) -> Result<Report, Sto
             for (k, part) in parts.into_iter().enumerate() {
                 let at = (index, k as u32);
                 let records = Records::Log(log);
-                match apply_part(&mut replayed, at, part, records) {
+                match apply_part(&mut replayed, at, payload::decode(part), records) {
                     Outcome::Applied(_) => accepted += 1,
                     // Refused, malformed, or a producer's duplicate: no events.
                     _ => {
