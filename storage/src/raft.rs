@@ -678,3 +678,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tally_engine::{Datanet, Event};
+
+    /// The entries the log store keeps for their apply (`LogInner::recent`) are let go once
+    /// applied, however many batches were in flight together.
+    #[test]
+    fn entries_kept_for_their_apply_are_let_go_once_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::Database::open(dir.path()).unwrap();
+        let dn = |k: usize| Event::Datanet(Datanet { datanet: format!("d{k}"), owner: "o".into() });
+        db.runtime().block_on(async {
+            let mut pending = Vec::new();
+            for k in 0..200 {
+                pending.push(db.submit(vec![dn(k)]).await.unwrap());
+            }
+            for p in pending {
+                db.finish(p).await.unwrap();
+            }
+        });
+        assert_eq!(db.read(|l| l.datanets().count()), 200);
+        assert!(db.log().lock().recent.is_empty(), "kept entries were not let go");
+    }
+}
