@@ -14,6 +14,15 @@ fn pyarrow_flight_ingest_counts_every_fee_exactly_once() {
         .arg(served.ingest_port.to_string())
         .arg(served.port.to_string());
     expect_all_ok(py, "flight_ingest.py");
+    // The server runs without transparent huge pages (tools/src/main.rs), where the kernel
+    // says (its status has the line since Linux 5.0).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.child.id()));
+    if let Some(thp) = status
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("THP_enabled:")).map(str::to_owned))
+    {
+        assert_eq!(thp.split_whitespace().nth(1), Some("0"), "{thp}");
+    }
 }
 
 #[test]
