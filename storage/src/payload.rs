@@ -83,7 +83,7 @@ pub struct Proposal {
 
 /// An entry's batches before archiving, taken once by whoever applies the entry first
 /// (clones of a `Proposal` share them).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Batches(Arc<Mutex<Option<Vec<BatchRecord>>>>);
 
 impl Batches {

@@ -19,7 +19,6 @@ use openraft::{
     RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError as RaftStorageError,
     StorageIOError, StoredMembership, Vote,
 };
-use tally_engine::log_tree::LogTree;
 use tally_engine::{InferenceHistory, Ledger};
 
 use crate::checkpoints::NodeCheckpoints;
@@ -177,6 +176,11 @@ impl LogStore {
         f(&mut self.lock().log)
     }
 
+    /// Forgets the kept copy of entry `index` (`LogInner::recent`): it is being applied.
+    fn applying(&self, index: u64) {
+        self.lock().recent.remove(&index);
+    }
+
     /// Runs `f` on the log (for scans, verification and tools).
     pub fn with_log<R>(&self, f: impl FnOnce(&Log) -> R) -> R {
         f(&self.lock().log)
@@ -196,13 +200,6 @@ impl LogInner {
         while self.recent.len() > RECENT_KEPT {
             self.recent.pop_first();
         }
-    }
-}
-
-impl LogStore {
-    /// Forgets the kept copy of entry `index` (`LogInner::recent`): it is being applied.
-    fn applying(&self, index: u64) {
-        self.lock().recent.remove(&index);
     }
 }
 
@@ -409,8 +406,17 @@ impl SmState {
             membership: StoredMembership::default(),
             lsns: LsnIndex::default(),
             producers: Producers::default(),
-            tree: StateTree::Inline(LogTree::new()),
+            tree: StateTree::empty(),
         }
+    }
+
+    /// This state with its tree kept on the tree's own thread (`tree.rs`), as the live state
+    /// machine keeps it; epoch closes are signed into `checkpoints`.
+    fn kept(mut self, checkpoints: &Arc<NodeCheckpoints>) -> SmState {
+        if let StateTree::Inline(tree) = std::mem::replace(&mut self.tree, StateTree::empty()) {
+            self.tree = StateTree::Kept(Keeper::start(tree, checkpoints.clone()));
+        }
+        self
     }
 }
 
@@ -426,15 +432,6 @@ pub struct Shared {
 impl Shared {
     pub fn snapshot_path(&self) -> PathBuf {
         self.dir.join(snapshot::FILE)
-    }
-
-    /// `state` with its tree kept on the tree's own thread (`tree.rs`), as the live state
-    /// machine keeps it.
-    fn kept(&self, mut state: SmState) -> SmState {
-        if let StateTree::Inline(tree) = std::mem::replace(&mut state.tree, StateTree::empty()) {
-            state.tree = StateTree::Kept(Keeper::start(tree, self.checkpoints.clone()));
-        }
-        state
     }
 }
 
@@ -464,13 +461,13 @@ impl StateMachine {
                 (SmState::empty(), None, Some(format!("{e}; moved to {}", aside.display())))
             }
         };
-        let mut shared = Shared {
-            state: RwLock::new(SmState::empty()),
+        let checkpoints = Arc::new(NodeCheckpoints::new(dir));
+        let shared = Shared {
+            state: RwLock::new(state.kept(&checkpoints)),
             dir: dir.into(),
             current: Mutex::new(current),
-            checkpoints: Arc::new(NodeCheckpoints::new(dir)),
+            checkpoints,
         };
-        *shared.state.get_mut().expect("state lock") = shared.kept(state);
         Ok((StateMachine { shared: Arc::new(shared), log }, discarded))
     }
 
@@ -618,7 +615,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })?;
         meta::write_atomic(&self.shared.snapshot_path(), &bytes)
             .map_err(|e| RaftError::from(StorageIOError::write_snapshot(sig, AnyError::new(&e))))?;
-        let mut state = self.shared.kept(state);
+        let mut state = state.kept(&self.shared.checkpoints);
         let mut current = self.shared.state.write().expect("state lock");
         // The batch backend is the node's, not the snapshot's.
         if let Some((settler, min_inferences)) = current.ledger.batch_settler() {

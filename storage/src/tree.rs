@@ -8,10 +8,11 @@
 //! exactly as the `events` table shows them. Hashing costs about half as much as applying, so
 //! the live state machine hands each large applied batch to a thread of the tree's own
 //! (`Keeper`) and goes on; a small batch it hashes itself when that thread is idle (cheaper
-//! than a hand-over), and it waits only when the thread is `TREE_BACKLOG_BATCHES` behind. A reader of the tree (a root, a proof, a
-//! snapshot) waits until the tree has caught up with the lsn it asks about, never while
-//! holding the state's lock; proofs work on a copy of the tree, so reading leaves back from the
-//! log holds no lock either. The keeper signs a checkpoint at each epoch close.
+//! than a hand-over), and it waits only when the thread is `TREE_BACKLOG_BATCHES` behind. A
+//! reader of the tree (a root, a proof, a snapshot) waits until the tree has caught up with
+//! the lsn it asks about, never while holding the state's lock; proofs work on a copy of the
+//! tree, so reading leaves back from the log holds no lock either. The keeper signs a
+//! checkpoint at each epoch close.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
