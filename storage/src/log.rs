@@ -7,6 +7,7 @@
 //! durability is the flusher's (`flusher.rs`).
 
 use std::fs::File;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,18 @@ use crate::segment::{self, Segment, HEADER_SIZE};
 pub const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest record (a ledger batch is at most 256 MiB of SQL input; its record is smaller).
 pub const MAX_RECORD_BYTES: usize = 512 * 1024 * 1024;
+
+/// Zeros for the padding after a record (less than one alignment unit).
+const ZEROS: [u8; record::ALIGN] = [0; record::ALIGN];
+
+/// Records gathered for one positioned write: the slices (header, payload, padding of each)
+/// and where each record starts in the segment.
+#[derive(Default)]
+struct Run<'a> {
+    slices: Vec<IoSlice<'a>>,
+    placed: Vec<(u64, u64)>,
+    bytes: u64,
+}
 
 /// A record about to be appended.
 #[derive(Debug, Clone, Copy)]
@@ -192,47 +205,60 @@ impl Log {
     /// durable. Records are never split across segments; a full segment is sealed first.
     pub fn append(&mut self, records: &[NewRecord<'_>]) -> Result<Option<Arc<File>>> {
         let window = self.durable.load(Ordering::Acquire);
-        let mut buf = Vec::new();
-        let mut pending: Vec<(u64, u64)> = Vec::new();
-        for r in records {
-            if let Some(next) = self.next {
-                if r.index != next {
-                    return Err(StorageError::OutOfOrder { expected: next, got: r.index });
-                }
+        let mut headers = Vec::with_capacity(records.len());
+        let first = self.next.or_else(|| records.first().map(|r| r.index));
+        for (n, r) in records.iter().enumerate() {
+            // Checked before anything is written: a refused append writes nothing.
+            let expected = first.unwrap_or(r.index) + n as u64;
+            if r.index != expected {
+                return Err(StorageError::OutOfOrder { expected, got: r.index });
             }
             let size = record::align(record::HEADER + r.payload.len());
             if size > MAX_RECORD_BYTES {
                 return Err(StorageError::RecordTooLarge { bytes: size, max: MAX_RECORD_BYTES });
             }
-            let room =
-                self.segments.last().map_or(0, |s| s.room()).saturating_sub(buf.len() as u64);
-            if self.segments.is_empty() || (size as u64) > room {
-                self.flush_buf(&mut buf, &mut pending)?;
-                self.roll(r.index, size as u64)?;
-            }
-            let seg = self.segments.last().expect("active segment");
-            pending.push((r.index, seg.end + buf.len() as u64));
             let header =
                 Header { index: r.index, term: r.term, node: r.node, window, kind: r.kind };
-            record::encode(&mut buf, &header, r.payload);
+            headers.push(record::header_bytes(&header, r.payload));
+        }
+        let mut run = Run::default();
+        for (r, header) in records.iter().zip(&headers) {
+            let size = record::align(record::HEADER + r.payload.len()) as u64;
+            let room = self.segments.last().map_or(0, |s| s.room()).saturating_sub(run.bytes);
+            if self.segments.is_empty() || size > room {
+                self.write_run(&mut run)?;
+                self.roll(r.index, size)?;
+            }
+            let seg = self.segments.last().expect("active segment");
+            run.placed.push((r.index, seg.end + run.bytes));
+            run.slices.push(IoSlice::new(header));
+            run.slices.push(IoSlice::new(r.payload));
+            let pad = record::padding(r.payload.len());
+            if pad > 0 {
+                run.slices.push(IoSlice::new(&ZEROS[..pad]));
+            }
+            run.bytes += size;
             self.next = Some(r.index + 1);
         }
-        self.flush_buf(&mut buf, &mut pending)?;
+        self.write_run(&mut run)?;
         Ok(self.segments.last().map(|s| s.file.clone()))
     }
 
-    fn flush_buf(&mut self, buf: &mut Vec<u8>, pending: &mut Vec<(u64, u64)>) -> Result<()> {
-        if buf.is_empty() {
+    /// Writes the records gathered in `run` at the end of the active segment and notes where
+    /// each one lies.
+    fn write_run(&mut self, run: &mut Run<'_>) -> Result<()> {
+        if run.slices.is_empty() {
             return Ok(());
         }
         let seg = self.segments.last_mut().expect("active segment");
-        seg.write(buf)?;
-        for &(index, offset) in pending.iter() {
+        seg.write_vectored(&mut run.slices, run.bytes)?;
+        for &(index, offset) in &run.placed {
             seg.note(index, offset);
             seg.last_index = Some(index);
         }
-        buf.clear();
-        pending.clear();
+        run.slices.clear();
+        run.placed.clear();
+        run.bytes = 0;
         Ok(())
     }
 

@@ -51,23 +51,34 @@ pub fn align(n: usize) -> usize {
     (n + ALIGN - 1) & !(ALIGN - 1)
 }
 
+/// The header of the record that frames `payload`, its checksum filled in. The record on
+/// disk is these bytes, the payload, then `padding(payload.len())` zero bytes.
+pub fn header_bytes(header: &Header, payload: &[u8]) -> [u8; HEADER] {
+    let len = HEADER + payload.len();
+    let mut out = [0u8; HEADER];
+    out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    out[8..16].copy_from_slice(&header.index.to_le_bytes());
+    out[16..24].copy_from_slice(&header.term.to_le_bytes());
+    out[24..32].copy_from_slice(&header.node.to_le_bytes());
+    out[32..40].copy_from_slice(&header.window.to_le_bytes());
+    out[40] = header.kind as u8;
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[8..]), payload);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// The zero bytes after a payload of `payload_len` bytes, up to the next record's start.
+pub fn padding(payload_len: usize) -> usize {
+    let len = HEADER + payload_len;
+    align(len) - len
+}
+
 /// Appends one framed record (with padding) to `out`, which must end 16-byte aligned.
 pub fn encode(out: &mut Vec<u8>, header: &Header, payload: &[u8]) {
     debug_assert_eq!(out.len() % ALIGN, 0);
-    let start = out.len();
-    let len = HEADER + payload.len();
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&header.index.to_le_bytes());
-    out.extend_from_slice(&header.term.to_le_bytes());
-    out.extend_from_slice(&header.node.to_le_bytes());
-    out.extend_from_slice(&header.window.to_le_bytes());
-    out.push(header.kind as u8);
-    out.extend_from_slice(&[0; 7]);
+    out.extend_from_slice(&header_bytes(header, payload));
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out[start + 8..start + len]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-    out.resize(start + align(len), 0);
+    out.resize(out.len() + padding(payload.len()), 0);
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {

@@ -19,6 +19,7 @@
 //! read through a read-only shared mapping and is never written through it or shrunk.
 
 use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,8 @@ const FORMAT_VERSION: u32 = 1;
 /// relative pointer width in bytes, byte 3 the version of the batch record (1: with its
 /// `Origin`). A build with other rkyv features or another record must refuse old files.
 pub const PAYLOAD_FORMAT: u32 = 0x0104_0003;
+/// The most slices one `pwritev` takes (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
 /// A sparse index point every this many bytes of records.
 const SPARSE_BYTES: u64 = 256 * 1024;
 
@@ -206,12 +209,16 @@ impl Segment {
         }
     }
 
-    /// Writes `bytes` (whole records) at the end. Not durable until `sync`.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+    /// Writes `slices` (whole records, `len` bytes in all) at the end, gathered by the kernel
+    /// from where they lie, so a batch's payload is never copied into a staging buffer first.
+    /// Not durable until `sync`.
+    pub fn write_vectored(&mut self, slices: &mut [IoSlice<'_>], len: u64) -> Result<()> {
         debug_assert!(self.sealed.is_none());
-        assert!(self.end + bytes.len() as u64 <= self.capacity(), "segment overflow");
-        self.file.write_all_at(bytes, self.end).map_err(|e| StorageError::io(&self.path, e))?;
-        self.end += bytes.len() as u64;
+        debug_assert_eq!(slices.iter().map(|s| s.len() as u64).sum::<u64>(), len);
+        assert!(self.end + len <= self.capacity(), "segment overflow");
+        write_all_vectored_at(&self.file, slices, self.end)
+            .map_err(|e| StorageError::io(&self.path, e))?;
+        self.end += len;
         Ok(())
     }
 
@@ -399,4 +406,36 @@ pub fn read_index(segment: &Path) -> Option<Vec<(u64, u64)>> {
             })
             .collect(),
     )
+}
+
+/// `pwritev` of all of `slices` at `offset`, resumed after a short write or an interrupt.
+fn write_all_vectored_at(
+    file: &File,
+    mut slices: &mut [IoSlice<'_>],
+    offset: u64,
+) -> io::Result<()> {
+    let mut at = offset;
+    while !slices.is_empty() {
+        let count = slices.len().min(MAX_IOVECS);
+        let position = libc::off_t::try_from(at)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
+        // SAFETY: on Unix `IoSlice` is guaranteed ABI-compatible with `struct iovec`, and the
+        // `count` slices it points at are borrowed for the whole call.
+        let written = unsafe {
+            libc::pwritev(file.as_raw_fd(), slices.as_ptr().cast(), count as libc::c_int, position)
+        };
+        if written < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if written == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"));
+        }
+        at += written as u64;
+        IoSlice::advance_slices(&mut slices, written as usize);
+    }
+    Ok(())
 }

@@ -211,3 +211,53 @@ fn appends_out_of_order_are_refused() {
         log.append(&[NewRecord { index: 7, term: 1, node: 1, kind: Kind::Blank, payload: &[] }]);
     assert!(matches!(err, Err(StorageError::OutOfOrder { expected: 6, got: 7 })));
 }
+
+#[test]
+fn one_append_of_many_records_is_gathered_whole_across_rolls() {
+    // Payload lengths 0..=47 give every padding. In 1 MiB segments an append of 700 records is
+    // more slices than one pwritev takes (1,024); in 8 KiB segments appends roll inside.
+    let payloads: Vec<Vec<u8>> =
+        (1..=1200u64).map(|i| (0..i % 48).map(|k| (k as u8) ^ (i as u8)).collect()).collect();
+    let records: Vec<NewRecord> = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, p)| NewRecord {
+            index: n as u64 + 1,
+            term: 3,
+            node: 2,
+            kind: Kind::Batch,
+            payload: p,
+        })
+        .collect();
+    for segment in [1 << 20, 8192] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), segment).unwrap();
+        log.append(&records[..700]).unwrap();
+        log.append(&records[700..]).unwrap();
+        drop(log);
+        let (log, recovery) = Log::open(dir.path(), segment).unwrap();
+        assert_eq!(recovery.torn, None);
+        assert_eq!(log.segments().len() > 1, segment == 8192, "rolls only in small segments");
+        for (n, p) in payloads.iter().enumerate() {
+            let r = log.read(n as u64 + 1).unwrap().unwrap();
+            assert_eq!((r.payload, r.header.term, r.header.node), (p.as_slice(), 3, 2));
+        }
+        assert!(log.read(1201).unwrap().is_none());
+    }
+}
+
+#[test]
+fn an_append_with_a_gap_inside_writes_none_of_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), SEG).unwrap();
+    let p = b"payload".to_vec();
+    let at = |index| NewRecord { index, term: 1, node: 1, kind: Kind::Batch, payload: &p };
+    log.append(&[at(1)]).unwrap();
+    let err = log.append(&[at(2), at(3), at(5)]);
+    assert!(matches!(err, Err(StorageError::OutOfOrder { expected: 4, got: 5 })));
+    assert_eq!(log.last_index(), Some(1));
+    log.append(&[at(2)]).unwrap();
+    drop(log);
+    let (log, recovery) = Log::open(dir.path(), SEG).unwrap();
+    assert_eq!((recovery.torn, log.last_index()), (None, Some(2)));
+}
