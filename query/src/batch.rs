@@ -3,16 +3,17 @@
 //! batch's columns matched to the table's writable columns by name, in any order.
 //!
 //! Column types are those a client naturally sends: text (Utf8, LargeUtf8, Utf8View),
-//! integers, decimals; `attributions` also as a list of `{contribution, score}` structs,
-//! which is read as the contract's text form (`id:score,…`), so both forms are checked by the
-//! one grammar. A column the table does not take is refused, never ignored.
+//! integers, decimals; `attributions` also as a list of `{contribution, score}` structs, read
+//! straight into entries where its text form (`id:score,…`) would read the same, and checked
+//! as that text otherwise (`row::Entries`), so both forms answer to the one grammar. A column
+//! the table does not take is refused, never ignored.
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, Float64Array, ListArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Float64Type};
 use tally_engine::{Event, MAX_BATCH_EVENTS};
 
 use crate::provider::cell;
-use crate::row::{self, Cell, MAX_WRITABLE};
+use crate::row::{self, Cell, Entries, MAX_WRITABLE};
 use crate::QueryError;
 
 /// The events `batch`'s rows stand for, as rows of `table` (a write table of surface.md).
@@ -40,14 +41,14 @@ pub(crate) fn table_events(
         )));
     }
     let columns = columns_by_name(table, writable, batch)?;
-    let lists: Vec<Option<Vec<String>>> =
-        columns.iter().map(|c| c.and_then(|a| scored_list_text(a.as_ref()))).collect();
+    let lists: Vec<Option<ScoredList>> =
+        columns.iter().map(|c| c.and_then(|a| scored_list(a.as_ref()))).collect();
     let mut events = Vec::with_capacity(batch.num_rows());
     for r in 0..batch.num_rows() {
         let mut cells = [Cell::Null; MAX_WRITABLE];
         for (k, slot) in cells.iter_mut().take(writable.len()).enumerate() {
             *slot = match (&lists[k], columns[k]) {
-                (Some(texts), Some(a)) if !a.is_null(r) => Cell::Text(&texts[r]),
+                (Some(list), Some(a)) if !a.is_null(r) => Cell::Entries(list.row(r)),
                 (_, Some(a)) => cell(a.as_ref(), r),
                 (_, None) => Cell::Null,
             };
@@ -86,9 +87,24 @@ fn columns_by_name<'a>(
     Ok(writable.iter().map(|w| schema.index_of(w).ok().map(|i| batch.column(i))).collect())
 }
 
-/// A `List<Struct<contribution: Utf8, score: Float64>>` column as the contract's text form,
-/// one string per row (empty for NULL rows); `None` for a column of any other type.
-fn scored_list_text(array: &dyn Array) -> Option<Vec<String>> {
+/// A `List<Struct<contribution: Utf8, score: Float64>>` column, by its parts.
+struct ScoredList<'a> {
+    list: &'a ListArray,
+    ids: &'a StringArray,
+    scores: &'a Float64Array,
+}
+
+impl<'a> ScoredList<'a> {
+    /// Row `r`'s entries (the row must not be NULL).
+    fn row(&self, r: usize) -> Entries<'a> {
+        let offsets = self.list.value_offsets();
+        let (from, to) = (offsets[r] as usize, offsets[r + 1] as usize);
+        Entries { ids: self.ids, scores: self.scores, from, to }
+    }
+}
+
+/// `array` as a scored list; `None` for a column of any other type.
+fn scored_list(array: &dyn Array) -> Option<ScoredList<'_>> {
     let DataType::List(item) = array.data_type() else { return None };
     let DataType::Struct(fields) = item.data_type() else { return None };
     let id_at = fields.iter().position(|f| f.name() == "contribution")?;
@@ -97,28 +113,7 @@ fn scored_list_text(array: &dyn Array) -> Option<Vec<String>> {
     let items = list.values().as_struct();
     let ids = items.column(id_at).as_string_opt::<i32>()?;
     let scores = items.column(score_at).as_primitive_opt::<Float64Type>()?;
-    let mut out = Vec::with_capacity(list.len());
-    for r in 0..list.len() {
-        let mut text = String::new();
-        if list.is_valid(r) {
-            let range = list.value_offsets()[r] as usize..list.value_offsets()[r + 1] as usize;
-            for (n, i) in range.enumerate() {
-                if n > 0 {
-                    text.push(',');
-                }
-                // A NULL id or score becomes an entry the grammar refuses, by position.
-                text.push_str(if ids.is_valid(i) { ids.value(i) } else { "" });
-                text.push(':');
-                if scores.is_valid(i) {
-                    // Display of an f64 is its shortest exact decimal, never an exponent,
-                    // so the text parses back to the very same score.
-                    text.push_str(&scores.value(i).to_string());
-                }
-            }
-        }
-        out.push(text);
-    }
-    Some(out)
+    Some(ScoredList { list, ids, scores })
 }
 
 #[cfg(test)]
@@ -133,6 +128,15 @@ mod tests {
     use super::*;
 
     fn attributions(rows: &[&[(&str, f64)]]) -> Arc<dyn Array> {
+        let rows: Vec<Vec<(Option<String>, Option<f64>)>> = rows
+            .iter()
+            .map(|r| r.iter().map(|(id, s)| (Some(id.to_string()), Some(*s))).collect())
+            .collect();
+        nullable_attributions(&rows)
+    }
+
+    /// A list column whose entries may have a NULL id or score.
+    fn nullable_attributions(rows: &[Vec<(Option<String>, Option<f64>)>]) -> Arc<dyn Array> {
         let fields = Fields::from(vec![
             Field::new("contribution", DataType::Utf8, true),
             Field::new("score", DataType::Float64, true),
@@ -148,9 +152,9 @@ mod tests {
         )));
         for row in rows {
             let s = list.values();
-            for (id, score) in *row {
-                s.field_builder::<StringBuilder>(0).unwrap().append_value(id);
-                s.field_builder::<Float64Builder>(1).unwrap().append_value(*score);
+            for (id, score) in row {
+                s.field_builder::<StringBuilder>(0).unwrap().append_option(id.as_deref());
+                s.field_builder::<Float64Builder>(1).unwrap().append_option(*score);
                 s.append(true);
             }
             list.append(true);
@@ -211,5 +215,77 @@ mod tests {
         assert_eq!(e.sqlstate(), "23502", "{e}");
         let e = events_from_batch("balances", &missing).unwrap_err();
         assert_eq!(e.sqlstate(), "42501", "{e}");
+    }
+
+    /// The contract's text form of entries, written independently of `row::Entries`.
+    fn as_text(entries: &[(Option<String>, Option<f64>)]) -> String {
+        let shown: Vec<String> = entries
+            .iter()
+            .map(|(id, score)| {
+                format!(
+                    "{}:{}",
+                    id.as_deref().unwrap_or(""),
+                    score.map_or(String::new(), |s| s.to_string())
+                )
+            })
+            .collect();
+        shown.join(",")
+    }
+
+    /// The same rows, attributions as a list column and as text: same events or same refusal.
+    fn both_forms_agree(rows: &[Vec<(Option<String>, Option<f64>)>]) {
+        let n = rows.len();
+        let ids: Vec<String> = (0..n).map(|r| format!("i{r}")).collect();
+        let common = |attributions| {
+            batch(vec![
+                ("inference", Arc::new(StringArray::from(ids.clone())) as Arc<dyn Array>),
+                ("model", Arc::new(StringArray::from(vec!["m"; n]))),
+                ("consumer", Arc::new(StringArray::from(vec!["u"; n]))),
+                ("fee", Arc::new(Int64Array::from(vec![10; n]))),
+                ("attributions", attributions),
+            ])
+        };
+        let texts: Vec<String> = rows.iter().map(|r| as_text(r)).collect();
+        let listed = events_from_batch("inferences", &common(nullable_attributions(rows)));
+        let flat = events_from_batch("inferences", &common(Arc::new(StringArray::from(texts))));
+        match (listed, flat) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => panic!("list form {a:?}, text form {b:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn list_and_text_attributions_are_one_grammar(
+            rows in proptest::collection::vec(proptest::collection::vec(entry(), 0..6), 1..4)
+        ) {
+            both_forms_agree(&rows);
+        }
+    }
+
+    fn entry() -> impl proptest::strategy::Strategy<Value = (Option<String>, Option<f64>)> {
+        use proptest::prelude::*;
+        let id = prop_oneof![
+            4 => "c[0-9]{1,2}".prop_map(Some),
+            1 => "[c:,]{0,3}".prop_map(Some),
+            1 => Just(None),
+        ];
+        let score = prop_oneof![
+            4 => (0.0f64..1e6).prop_map(Some),
+            1 => proptest::num::f64::ANY.prop_map(Some),
+            1 => prop::sample::select(vec![
+                Some(0.0), Some(-0.0), Some(-1.5), Some(f64::NAN), Some(f64::INFINITY),
+                Some(f64::MIN_POSITIVE / 4.0), Some(1e300), None,
+            ]),
+        ];
+        (id, score)
+    }
+
+    #[test]
+    fn lists_past_the_entry_limit_are_refused_as_their_text_is() {
+        use tally_engine::settle::MAX_ENTRIES;
+        let long: Vec<_> = (0..=MAX_ENTRIES).map(|k| (Some(format!("c{k}")), Some(1.0))).collect();
+        both_forms_agree(&[long]);
     }
 }

@@ -3,6 +3,7 @@
 //! from text). Values are converted only when exact: a fee of `1001.9` is refused, never
 //! truncated; text is parsed by the contract's grammar, not by generic casts.
 
+use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use tally_engine::settle::MAX_ENTRIES;
 use tally_engine::{
     Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement,
@@ -24,6 +25,62 @@ pub(crate) enum Cell<'a> {
     },
     /// A value of a type no column takes (BOOLEAN, DATE, …), by its SQL type name.
     Other(&'static str),
+    /// Scored entries as a list of `{contribution, score}` structs (streaming ingest).
+    Entries(Entries<'a>),
+}
+
+/// One row of a `List<Struct<contribution: Utf8, score: Float64>>` column: entries
+/// `from..to` of the list's item columns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entries<'a> {
+    pub ids: &'a StringArray,
+    pub scores: &'a Float64Array,
+    pub from: usize,
+    pub to: usize,
+}
+
+impl Entries<'_> {
+    /// The contract's text form, `id:score,…`: what a refusal shows, and how entries that
+    /// `plain` does not take are checked, so both forms answer to the one grammar. A NULL id
+    /// or score becomes an entry the grammar refuses, by position.
+    fn text(&self) -> String {
+        let mut text = String::new();
+        for i in self.from..self.to {
+            if i > self.from {
+                text.push(',');
+            }
+            text.push_str(if self.ids.is_valid(i) { self.ids.value(i) } else { "" });
+            text.push(':');
+            if self.scores.is_valid(i) {
+                // Display of an f64 is its shortest exact decimal, never an exponent, so the
+                // text parses back to the very same score.
+                text.push_str(&self.scores.value(i).to_string());
+            }
+        }
+        text
+    }
+
+    /// The entries as the text grammar would read them, without the text: `None` where any
+    /// entry is one the grammar might refuse (then `text` is checked instead). An id never
+    /// holds a `,` here and its score is finite and not negative, so its text form splits
+    /// back into this very id and score.
+    fn plain(&self) -> Option<Vec<(String, f64)>> {
+        if self.to - self.from > MAX_ENTRIES {
+            return None;
+        }
+        let mut out = Vec::with_capacity(self.to - self.from);
+        for i in self.from..self.to {
+            if self.ids.is_null(i) || self.scores.is_null(i) {
+                return None;
+            }
+            let (id, score) = (self.ids.value(i), self.scores.value(i));
+            if id.is_empty() || id.contains(',') || !score.is_finite() || score.is_sign_negative() {
+                return None;
+            }
+            out.push((id.to_owned(), score));
+        }
+        Some(out)
+    }
 }
 
 /// Why one field of a row was refused.
@@ -77,6 +134,7 @@ fn describe(cell: Cell) -> String {
         Cell::Float(f) => f.to_string(),
         Cell::Decimal { value, scale } => decimal_text(value, scale),
         Cell::Other(t) => format!("a {t} value"),
+        Cell::Entries(e) => shown(&e.text()),
     }
 }
 
@@ -155,7 +213,7 @@ fn int(field: &'static str, cell: Cell) -> Result<i64, FieldError> {
         Cell::Text(s) => {
             parse_int(s).ok_or_else(|| bad(field, cell, "expected a whole number (BIGINT)"))
         }
-        Cell::Other(_) => Err(bad(field, cell, "expected BIGINT")),
+        Cell::Other(_) | Cell::Entries(_) => Err(bad(field, cell, "expected BIGINT")),
     }
 }
 
@@ -227,6 +285,12 @@ fn scores(field: &'static str, cell: Cell) -> Result<Vec<(String, f64)>, FieldEr
     let s = match cell {
         Cell::Null => return Ok(Vec::new()),
         Cell::Text(s) => s,
+        Cell::Entries(e) => {
+            return match e.plain() {
+                Some(entries) => Ok(entries),
+                None => scores(field, Cell::Text(&e.text())),
+            }
+        }
         other => return Err(bad(field, other, "expected `id:score,…` (TEXT)")),
     };
     if s.is_empty() {
