@@ -25,6 +25,7 @@ import wire_bench  # noqa: E402
 
 import psycopg  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.flight as flight  # noqa: E402
 
@@ -54,18 +55,37 @@ def by_copy(pg, w):
         return time.perf_counter() - t0
 
 
-def batches(w):
+ENTRY = pa.struct([("contribution", pa.string()), ("score", pa.float64())])
+
+
+def as_list(text):
+    """`id:score,…` text as List<Struct<contribution, score>> (each entry split at its last
+    `:`, as the contract's grammar splits it)."""
+    entries = pc.split_pattern(text, ",")
+    flat = pc.list_flatten(entries)
+    parts = pc.split_pattern(flat, ":", max_splits=1, reverse=True)
+    items = pa.StructArray.from_arrays(
+        [pc.list_element(parts, 0), pc.cast(pc.list_element(parts, 1), pa.float64())],
+        fields=list(ENTRY))
+    return pa.ListArray.from_arrays(entries.offsets, items, type=pa.list_(ENTRY))
+
+
+def batches(w, attributions):
     read = pacsv.ReadOptions(column_names=COLUMNS)
     convert = pacsv.ConvertOptions(column_types=TYPES, strings_can_be_null=False)
     out = []
     for data in w.chunks:
         table = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
-        out.append(table.combine_chunks().to_batches()[0])
+        b = table.combine_chunks().to_batches()[0]
+        if attributions == "list":
+            at = b.schema.get_field_index("attributions")
+            b = b.set_column(at, "attributions", as_list(b.column(at)))
+        out.append(b)
     return out
 
 
-def by_flight(port, w, window):
-    prepared = batches(w)
+def by_flight(port, w, window, attributions):
+    prepared = batches(w, attributions)
     client = flight.FlightClient(f"grpc://127.0.0.1:{port}")
     options = flight.FlightCallOptions(headers=[(b"x-tally-producer", b"bench")])
     t0 = time.perf_counter()
@@ -93,17 +113,23 @@ def main():
     p.add_argument("--inferences", type=int, default=1_000_000)
     p.add_argument("--chunk", type=int, default=100_000, help="rows per COPY / per Flight batch")
     p.add_argument("--window", type=int, default=8, help="Flight batches in flight")
+    p.add_argument("--attributions", choices=["text", "list"], default="text",
+                   help="Flight: attributions as the contract's text or as List<Struct<contribution, score>>")
     p.add_argument("--seed", type=int, default=wire_bench.DEFAULT_SEED)
     a = p.parse_args()
     w = wire_bench.Workload(a.seed, a.inferences, a.chunk)
     pg = f"host=127.0.0.1 port={a.pg} user=tally dbname=tally"
     universe(pg, w)
-    seconds = by_copy(pg, w) if a.mode == "copy" else by_flight(a.flight, w, a.window)
+    if a.mode == "copy":
+        seconds = by_copy(pg, w)
+    else:
+        seconds = by_flight(a.flight, w, a.window, a.attributions)
     with psycopg.connect(pg, autocommit=True) as conn:
         n = conn.execute("SELECT COUNT(*) FROM inferences").fetchone()[0]
     if n != w.n:
         sys.exit(f"loaded {n} inferences, expected {w.n}")
-    print(json.dumps({"mode": a.mode, "rows": w.n, "chunk": a.chunk, "seconds": round(seconds, 3),
+    mode = a.mode if a.mode == "copy" else f"flight-{a.attributions}"
+    print(json.dumps({"mode": mode, "rows": w.n, "chunk": a.chunk, "seconds": round(seconds, 3),
                       "rows_per_s": round(w.n / seconds)}))
 
 
