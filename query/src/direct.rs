@@ -3,17 +3,18 @@
 //! and execution, which cost several times the read itself (docs/benchmarks.md). A plan is
 //! taken here only when every node of it is one this module evaluates exactly as DataFusion
 //! would: a scan of an engine table, filters that are key equalities (the keyed read is then
-//! the filter), projections of plain columns, one sort on plain columns, one limit. Anything
-//! else goes the general way; so does a plan whose bound values this path cannot use (a NULL
+//! the filter), projections of plain columns, one sort on plain columns, one limit; or a
+//! `count(*)` of a whole `events` or `inferences` table, answered from the state's counters
+//! (a scan would read and decode the whole log for it). Anything else goes the general way; so does a plan whose bound values this path cannot use (a NULL
 //! or non-text key). This module never decides what a query means, only how a plan already
 //! planned and optimized is evaluated.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{take, LexicographicalComparator, SortColumn, SortOptions};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
@@ -24,10 +25,42 @@ use tally_storage::Database;
 use crate::provider::text_value;
 use crate::{tables, QueryError};
 
+/// A plan answered directly.
+#[derive(Debug)]
+pub enum Direct {
+    /// Rows of one engine table.
+    Table(TableRead),
+    /// The number of rows of a whole log table.
+    Count(LogCount),
+}
+
+impl Direct {
+    /// The direct form of an optimized plan, if it has one.
+    pub(crate) fn compile(plan: &LogicalPlan) -> Option<Direct> {
+        LogCount::compile(plan)
+            .map(Direct::Count)
+            .or_else(|| TableRead::compile(plan).map(Direct::Table))
+    }
+
+    /// Reads the answer under one read lock; `None` when the bound values do not fit this
+    /// path (the general path then answers, errors included).
+    pub(crate) fn read(
+        &self,
+        db: &Database,
+        past: Option<&tally_engine::Ledger>,
+        params: Option<&ParamValues>,
+    ) -> Result<Option<RecordBatch>, QueryError> {
+        match self {
+            Direct::Table(read) => read.read(db, past, params),
+            Direct::Count(count) => count.read(db, past).map(Some),
+        }
+    }
+}
+
 /// A plan that reads one engine table directly. Columns are numbered as the table's full
 /// batch (`tables::build`) numbers them.
 #[derive(Debug)]
-pub struct Direct {
+pub struct TableRead {
     table: &'static str,
     /// The rows whose key column equals each of these (all must hold); `None`: every row.
     keys: Option<Vec<KeyValue>>,
@@ -60,9 +93,8 @@ struct Shape {
     columns: Vec<usize>,
 }
 
-impl Direct {
-    /// The direct form of an optimized plan, if it has one.
-    pub(crate) fn compile(plan: &LogicalPlan) -> Option<Direct> {
+impl TableRead {
+    fn compile(plan: &LogicalPlan) -> Option<TableRead> {
         let shape = shape(plan)?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let table = &shape.schema;
@@ -76,7 +108,7 @@ impl Direct {
             return None;
         }
         let (skip, fetch) = shape.limit.unwrap_or((0, None));
-        Some(Direct {
+        Some(TableRead {
             table: shape.table,
             keys: shape.keys,
             order: shape.order,
@@ -87,9 +119,7 @@ impl Direct {
         })
     }
 
-    /// Reads the answer under one read lock; `None` when the bound values do not fit this
-    /// path (the general path then answers, errors included).
-    pub(crate) fn read(
+    fn read(
         &self,
         db: &Database,
         past: Option<&tally_engine::Ledger>,
@@ -151,6 +181,83 @@ impl Direct {
         rows.sort_unstable_by(order);
         Ok(Some(rows[self.skip.min(rows.len())..].iter().copied().map(to_u32).collect()))
     }
+}
+
+/// `SELECT count(*) FROM events` or `… FROM inferences`, the whole table (no filter, no
+/// limit): answered from the state's counters instead of reading and decoding the whole log.
+/// Lsns are dense from 1, so `events` holds as many rows as the live ledger's last lsn (a past
+/// state does not shorten the log); `inferences` one row per inference accepted up to the
+/// statement's state (live or past), which the epochs count.
+#[derive(Debug)]
+pub struct LogCount {
+    table: &'static str,
+    schema: SchemaRef,
+}
+
+impl LogCount {
+    fn compile(plan: &LogicalPlan) -> Option<LogCount> {
+        let aggregate = match plan {
+            LogicalPlan::Projection(p) => match (p.expr.as_slice(), p.input.as_ref()) {
+                ([e], LogicalPlan::Aggregate(a)) if is_column(e) => a,
+                _ => return None,
+            },
+            LogicalPlan::Aggregate(a) => a,
+            _ => return None,
+        };
+        let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else { return None };
+        if !aggregate.group_expr.is_empty()
+            || scan.table_name.schema().is_some_and(|s| s != "public")
+            || !scan.filters.is_empty()
+            || scan.fetch.is_some()
+        {
+            return None;
+        }
+        let table = ["events", "inferences"].into_iter().find(|t| *t == scan.table_name.table())?;
+        let ([count], [field]) = (aggregate.aggr_expr.as_slice(), plan.schema().fields().as_ref())
+        else {
+            return None;
+        };
+        if !counts_rows(count) || field.data_type() != &DataType::Int64 {
+            return None;
+        }
+        Some(LogCount { table, schema: Arc::new(plan.schema().as_arrow().clone()) })
+    }
+
+    fn read(
+        &self,
+        db: &Database,
+        past: Option<&tally_engine::Ledger>,
+    ) -> Result<RecordBatch, QueryError> {
+        // `events` is the log itself: a past state does not shorten it (as in `session.rs`).
+        let rows = match self.table {
+            "events" => db.read(|l| l.last_lsn()),
+            _ => crate::as_of::read(db, past, |l| l.inference_count()),
+        };
+        let rows = i64::try_from(rows)
+            .map_err(|_| QueryError::Internal(format!("{} rows in {}", rows, self.table)))?;
+        Ok(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(Int64Array::from(vec![rows]))])?)
+    }
+}
+
+/// Whether `e` is a column, aliased or not (a projection that only names the count).
+fn is_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Alias(a) => is_column(&a.expr),
+        _ => false,
+    }
+}
+
+/// Whether `e` is `count(*)`: `count` of one non-NULL literal, not DISTINCT, no FILTER, no
+/// ORDER BY (an ordered or filtered count is not the number of rows).
+fn counts_rows(e: &Expr) -> bool {
+    let Expr::AggregateFunction(f) = e else { return false };
+    let p = &f.params;
+    f.func.name() == "count"
+        && !p.distinct
+        && p.filter.is_none()
+        && p.order_by.is_empty()
+        && matches!(p.args.as_slice(), [Expr::Literal(v, _)] if !v.is_null())
 }
 
 fn to_u32(row: usize) -> u32 {
@@ -323,6 +430,8 @@ mod tests {
             "SELECT * FROM contributions WHERE contribution = 'c' AND contribution = $1",
             "SELECT * FROM models LIMIT 3 OFFSET 1",
             "SELECT * FROM epochs",
+            "SELECT count(*) FROM inferences",
+            "SELECT COUNT(1) AS n FROM events",
         ] {
             assert!(direct(q), "direct: {q}");
         }
@@ -333,6 +442,17 @@ mod tests {
             "SELECT earned FROM balances WHERE upper(account) = 'A'",
             "SELECT * FROM datanets WHERE datanet = 'd'",
             "SELECT count(*) FROM balances",
+            "SELECT count(*) FROM attributions",
+            "SELECT count(*) FROM inferences WHERE lsn > 5",
+            "SELECT count(*) FROM inferences WHERE fee > 5",
+            "SELECT count(*) FROM (SELECT * FROM events LIMIT 3) t",
+            "SELECT count(DISTINCT model) FROM inferences",
+            "SELECT count(model) FROM inferences",
+            "SELECT count(NULL) FROM events",
+            "SELECT count(*) FILTER (WHERE fee > 5) FROM inferences",
+            "SELECT count(*), max(lsn) FROM events",
+            "SELECT count(*) FROM inferences GROUP BY model",
+            "SELECT count(*) + 1 FROM events",
             "SELECT b.account FROM balances b JOIN payouts p ON p.account = b.account",
             "SELECT * FROM (SELECT * FROM balances LIMIT 5) t WHERE account = 'a'",
             "SELECT * FROM events LIMIT 1",

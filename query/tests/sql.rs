@@ -816,6 +816,9 @@ fn direct_reads_answer_exactly_as_datafusion_does() {
         format!("SELECT contributor AS who, earned FROM contributions WHERE contribution = '{c}'"),
         "SELECT * FROM (SELECT account, earned FROM balances ORDER BY earned, account LIMIT 9) t LIMIT 4"
             .into(),
+        "SELECT count(*) FROM inferences".into(),
+        "SELECT COUNT(1) AS n FROM public.events".into(),
+        "SELECT count(*) AS how_many FROM events".into(),
     ];
     for q in &queries {
         let direct = sql.query_blocking(q).unwrap();
@@ -862,13 +865,14 @@ fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
 }
 
 /// Queries whose answers must be those of the ledger at a past lsn.
-const AS_OF_QUERIES: [&str; 7] = [
+const AS_OF_QUERIES: [&str; 8] = [
     "SELECT * FROM balances ORDER BY account",
     "SELECT * FROM rewards ORDER BY epoch, account, role",
     "SELECT * FROM epochs ORDER BY epoch",
     "SELECT contribution, revoked, inferences, earned FROM contributions ORDER BY contribution",
     "SELECT datanet, earned FROM datanets ORDER BY datanet",
     "SELECT count(*) AS n, sum(fee) AS fees, max(lsn) AS last FROM inferences",
+    "SELECT count(*) AS n FROM inferences",
     "SELECT inference, contribution, reward FROM attributions ORDER BY lsn, contribution",
 ];
 
