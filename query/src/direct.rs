@@ -5,9 +5,10 @@
 //! would: a scan of an engine table, filters that are key equalities (the keyed read is then
 //! the filter), projections of plain columns, one sort on plain columns, one limit; or a
 //! `count(*)` of a whole `events` or `inferences` table, answered from the state's counters
-//! (a scan would read and decode the whole log for it). Anything else goes the general way; so does a plan whose bound values this path cannot use (a NULL
-//! or non-text key). This module never decides what a query means, only how a plan already
-//! planned and optimized is evaluated.
+//! (a scan would read and decode the whole log for it). Anything else goes the general way;
+//! so does a plan whose bound values this path cannot use (a NULL or non-text key). This
+//! module never decides what a query means, only how a plan already planned and optimized is
+//! evaluated.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
