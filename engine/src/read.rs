@@ -300,6 +300,12 @@ impl Ledger {
         self.epochs.iter().map(|e| e.inferences).sum()
     }
 
+    /// Number of attribution entries accepted over the whole history: every entry names one
+    /// contribution, so the datanets' counts of the entries naming theirs add up to it.
+    pub fn entry_count(&self) -> u64 {
+        self.datanet_rows.iter().map(|d| d.attributions).sum()
+    }
+
     /// The lsns where inference `id` may be, in no order: the one where it is, if it was
     /// accepted, and those of other ids sharing its 64-bit fingerprint (rare). The caller
     /// checks the id at each (a read of the log); an id never accepted usually has none.

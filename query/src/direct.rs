@@ -4,11 +4,11 @@
 //! taken here only when every node of it is one this module evaluates exactly as DataFusion
 //! would: a scan of an engine table, filters that are key equalities (the keyed read is then
 //! the filter), projections of plain columns, one sort on plain columns, one limit; or a
-//! `count(*)` of a whole `events` or `inferences` table, answered from the state's counters
-//! (a scan would read and decode the whole log for it). Anything else goes the general way;
-//! so does a plan whose bound values this path cannot use (a NULL or non-text key). This
-//! module never decides what a query means, only how a plan already planned and optimized is
-//! evaluated.
+//! `count(*)` of a whole `events`, `inferences` or `attributions` table, answered from the
+//! state's counters (a scan would read and decode the whole log for it). Anything else goes
+//! the general way; so does a plan whose bound values this path cannot use (a NULL or
+//! non-text key). This module never decides what a query means, only how a plan already
+//! planned and optimized is evaluated.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -184,11 +184,12 @@ impl TableRead {
     }
 }
 
-/// `SELECT count(*) FROM events` or `… FROM inferences`, the whole table (no filter, no
+/// `SELECT count(*)` of a whole `events`, `inferences` or `attributions` table (no filter, no
 /// limit): answered from the state's counters instead of reading and decoding the whole log.
 /// Lsns are dense from 1, so `events` holds as many rows as the live ledger's last lsn (a past
-/// state does not shorten the log); `inferences` one row per inference accepted up to the
-/// statement's state (live or past), which the epochs count.
+/// state does not shorten the log); `inferences` one row per inference and `attributions` one
+/// per entry accepted up to the statement's state (live or past), which the epochs and the
+/// datanets count.
 #[derive(Debug)]
 pub struct LogCount {
     table: &'static str,
@@ -213,7 +214,9 @@ impl LogCount {
         {
             return None;
         }
-        let table = ["events", "inferences"].into_iter().find(|t| *t == scan.table_name.table())?;
+        let table = ["events", "inferences", "attributions"]
+            .into_iter()
+            .find(|t| *t == scan.table_name.table())?;
         let ([count], [field]) = (aggregate.aggr_expr.as_slice(), plan.schema().fields().as_ref())
         else {
             return None;
@@ -232,7 +235,8 @@ impl LogCount {
         // `events` is the log itself: a past state does not shorten it (as in `session.rs`).
         let rows = match self.table {
             "events" => db.read(|l| l.last_lsn()),
-            _ => crate::as_of::read(db, past, |l| l.inference_count()),
+            "inferences" => crate::as_of::read(db, past, |l| l.inference_count()),
+            _ => crate::as_of::read(db, past, |l| l.entry_count()),
         };
         let rows = i64::try_from(rows)
             .map_err(|_| QueryError::Internal(format!("{} rows in {}", rows, self.table)))?;
@@ -433,6 +437,7 @@ mod tests {
             "SELECT * FROM epochs",
             "SELECT count(*) FROM inferences",
             "SELECT COUNT(1) AS n FROM events",
+            "SELECT count(*) FROM attributions",
         ] {
             assert!(direct(q), "direct: {q}");
         }
@@ -443,7 +448,6 @@ mod tests {
             "SELECT earned FROM balances WHERE upper(account) = 'A'",
             "SELECT * FROM datanets WHERE datanet = 'd'",
             "SELECT count(*) FROM balances",
-            "SELECT count(*) FROM attributions",
             "SELECT count(*) FROM inferences WHERE lsn > 5",
             "SELECT count(*) FROM inferences WHERE fee > 5",
             "SELECT count(*) FROM (SELECT * FROM events LIMIT 3) t",

@@ -819,6 +819,7 @@ fn direct_reads_answer_exactly_as_datafusion_does() {
         "SELECT count(*) FROM inferences".into(),
         "SELECT COUNT(1) AS n FROM public.events".into(),
         "SELECT count(*) AS how_many FROM events".into(),
+        "SELECT count(*) FROM attributions".into(),
     ];
     for q in &queries {
         let direct = sql.query_blocking(q).unwrap();
@@ -865,7 +866,7 @@ fn rows_of(batches: &[RecordBatch]) -> Vec<String> {
 }
 
 /// Queries whose answers must be those of the ledger at a past lsn.
-const AS_OF_QUERIES: [&str; 8] = [
+const AS_OF_QUERIES: [&str; 9] = [
     "SELECT * FROM balances ORDER BY account",
     "SELECT * FROM rewards ORDER BY epoch, account, role",
     "SELECT * FROM epochs ORDER BY epoch",
@@ -873,6 +874,7 @@ const AS_OF_QUERIES: [&str; 8] = [
     "SELECT datanet, earned FROM datanets ORDER BY datanet",
     "SELECT count(*) AS n, sum(fee) AS fees, max(lsn) AS last FROM inferences",
     "SELECT count(*) AS n FROM inferences",
+    "SELECT count(*) AS n FROM attributions",
     "SELECT inference, contribution, reward FROM attributions ORDER BY lsn, contribution",
 ];
 
