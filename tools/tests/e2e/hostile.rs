@@ -261,7 +261,8 @@ fn damage_at_rest_is_named_and_salvaged() {
     // With the snapshot the server starts; a read that reaches the damage fails naming it.
     let served = Served::start(data, &[]);
     let mut w = Wire::connect(served.port);
-    let r = w.query("SELECT count(*) FROM events");
+    // (`max(ts)` reads every event; a whole table's `count(*)` comes from the state's counters.)
+    let r = w.query("SELECT max(ts) FROM events");
     assert_eq!(r.codes(), ["XX001"], "{r:?}");
     let message = &r.errors[0].1;
     assert!(
@@ -293,7 +294,7 @@ fn damage_at_rest_is_named_and_salvaged() {
     let out = run(tally().args(["verify", "--data"]).arg(data), "tally verify");
     assert!(out.status.success(), "{:?}", text(&out));
     let served = Served::start(data, &[]);
-    let r = Wire::connect(served.port).query("SELECT count(*) FROM events");
+    let r = Wire::connect(served.port).query("SELECT max(ts) FROM events");
     assert!(r.errors.is_empty() && !r.rows.is_empty(), "{r:?}");
 }
 
