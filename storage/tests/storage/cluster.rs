@@ -358,7 +358,17 @@ fn a_node_restarted_with_a_damaged_sealed_segment_repairs_it_before_raft_starts(
         assert!(started.elapsed() < Duration::from_secs(30), "not replicated");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let follower = Arc::try_unwrap(dbs.remove(f)).ok().expect("the only handle");
+    // The network upgrades its weak handle while it delivers a message: wait for the moment
+    // none is in flight.
+    let mut handle = dbs.remove(f);
+    let follower = loop {
+        match Arc::try_unwrap(handle) {
+            Ok(db) => break db,
+            Err(back) => handle = back,
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "another handle stays");
+        std::thread::sleep(Duration::from_millis(5));
+    };
     follower.close().unwrap();
     let first = dir.path().join(format!("n{id}/log")).join(tally_storage::segment::file_name(0));
     flip_a_bit(&first);
