@@ -200,7 +200,12 @@ impl LogCount {
     fn compile(plan: &LogicalPlan) -> Option<LogCount> {
         let aggregate = match plan {
             LogicalPlan::Projection(p) => match (p.expr.as_slice(), p.input.as_ref()) {
-                ([e], LogicalPlan::Aggregate(a)) if is_column(e) => a,
+                // A projection that only names the count, as `shape` reads projections.
+                ([e], LogicalPlan::Aggregate(a))
+                    if matches!(e.clone().unalias(), Expr::Column(_)) =>
+                {
+                    a
+                }
                 _ => return None,
             },
             LogicalPlan::Aggregate(a) => a,
@@ -241,15 +246,6 @@ impl LogCount {
         let rows = i64::try_from(rows)
             .map_err(|_| QueryError::Internal(format!("{} rows in {}", rows, self.table)))?;
         Ok(RecordBatch::try_new(self.schema.clone(), vec![Arc::new(Int64Array::from(vec![rows]))])?)
-    }
-}
-
-/// Whether `e` is a column, aliased or not (a projection that only names the count).
-fn is_column(e: &Expr) -> bool {
-    match e {
-        Expr::Column(_) => true,
-        Expr::Alias(a) => is_column(&a.expr),
-        _ => false,
     }
 }
 
