@@ -51,8 +51,10 @@ fn main() {
         .min_by_key(|c| c.inferences.abs_diff(target))
         .map(|c| (c.contribution.to_string(), c.inferences))
         .unwrap();
-    let revoke =
-        [Event::Revocation(Revocation { contribution: victim.0.clone(), reason: "bench".into() })];
+    let revoke = [Event::Revocation(Revocation {
+        contribution: victim.0.clone().into(),
+        reason: "bench".into(),
+    })];
     let mut times = Vec::new();
     for _ in 0..RUNS {
         let mut copy = ledger.clone();

@@ -147,19 +147,21 @@ impl Flat {
                 let id = self.contributor.len() as u32;
                 self.contributor.push(account);
                 self.revoked.push(0);
-                self.contribution_ids.insert(c.contribution.clone(), id);
-                self.contribution_names.push(c.contribution.clone());
+                self.contribution_ids.insert(c.contribution.to_string(), id);
+                self.contribution_names.push(c.contribution.to_string());
             }
             Event::Model(m) => {
                 let owner = self.account(&m.owner);
-                let base_owner =
-                    m.base_model.as_ref().map(|b| self.models[self.model_ids[b] as usize].owner);
-                self.model_ids.insert(m.model.clone(), self.models.len() as u32);
-                self.models.push(FlatModel { name: m.model.clone(), owner, base_owner });
+                let base_owner = m
+                    .base_model
+                    .as_ref()
+                    .map(|b| self.models[self.model_ids[b.as_str()] as usize].owner);
+                self.model_ids.insert(m.model.to_string(), self.models.len() as u32);
+                self.models.push(FlatModel { name: m.model.to_string(), owner, base_owner });
             }
             Event::Inference(inf) => self.add_inference(inf),
             Event::Revocation(r) => {
-                self.revoked[self.contribution_ids[&r.contribution] as usize] = 1
+                self.revoked[self.contribution_ids[r.contribution.as_str()] as usize] = 1
             }
             Event::Policy(p) => {
                 let bps = Bps::new(p.protocol_bps, p.model_bps, p.base_bps).expect("valid policy");
@@ -181,7 +183,7 @@ impl Flat {
 
     fn add_inference(&mut self, inf: &Inference) {
         let fee = u64::try_from(inf.fee).expect("valid fee");
-        let model = self.model_ids[&inf.model];
+        let model = self.model_ids[inf.model.as_str()];
         let policy = self.policies.len() - 1;
         let adapter = self.models[model as usize].base_owner.is_some();
         self.pool.push(split_fee(fee, self.policies[policy], adapter).pool);
@@ -189,7 +191,7 @@ impl Flat {
         self.model.push(model);
         self.policy.push(policy as u8);
         for a in &inf.attributions {
-            self.contribution.push(self.contribution_ids[&a.contribution]);
+            self.contribution.push(self.contribution_ids[a.contribution.as_str()]);
             self.weight.push(a.weight);
         }
         self.entry_start.push(self.weight.len() as u32);
@@ -570,10 +572,10 @@ fn hot_ledger(inferences: u64) -> (Ledger, Vec<String>) {
             })];
             for (j, name) in hot.iter().enumerate() {
                 universe.push(Event::Contribution(tally_engine::Contribution {
-                    contribution: name.clone(),
+                    contribution: name.clone().into(),
                     datanet: "dn-hot".into(),
-                    contributor: format!("hot-user-{j}"),
-                    content_hash: format!("{:064x}", 0xfeed_0000_u64 + j as u64),
+                    contributor: format!("hot-user-{j}").into(),
+                    content_hash: format!("{:064x}", 0xfeed_0000_u64 + j as u64).into(),
                 }));
             }
             for mut event in batch {
@@ -592,7 +594,7 @@ fn hot_ledger(inferences: u64) -> (Ledger, Vec<String>) {
                 for (j, &fraction) in FRACTIONS.iter().enumerate() {
                     if last > 1 && unit(n * 8 + j as u64) < fraction {
                         last -= 1;
-                        inf.attributions[last].contribution = hot[j].clone();
+                        inf.attributions[last].contribution = hot[j].clone().into();
                     }
                 }
                 n += 1;
@@ -642,8 +644,10 @@ fn resettle_section(args: &Args) {
     );
     for name in &hot {
         let touched = ledger.contribution(name).unwrap().inferences;
-        let revoke =
-            [Event::Revocation(Revocation { contribution: name.clone(), reason: "bench".into() })];
+        let revoke = [Event::Revocation(Revocation {
+            contribution: name.clone().into(),
+            reason: "bench".into(),
+        })];
         let mut times: Vec<Vec<Duration>> = vec![Vec::new(); paths.len()];
         let mut digests = Vec::new();
         for run in 0..args.runs {

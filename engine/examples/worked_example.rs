@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             contribution: id.into(),
             datanet: "dn-a".into(),
             contributor: who.into(),
-            content_hash: format!("{n:064x}"),
+            content_hash: format!("{n:064x}").into(),
         })
     };
     ledger.apply(

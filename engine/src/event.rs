@@ -5,7 +5,13 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Refusal, Rule};
-use crate::weight::weights_from_scores;
+use crate::weight::{max_score, weight_of};
+
+/// The text of an event's ids and other strings: kept inline up to 24 bytes, so the ids of
+/// an inference cost no allocation of their own (ids are short; an inference has up to 16
+/// entries, each with an id, and is built, logged, applied and hashed on different threads).
+/// Archived exactly as rkyv archives a `String`: the log's bytes do not depend on it.
+pub type Text = compact_str::CompactString;
 
 /// The kinds of event, named as in ledger.md and in `events.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -35,45 +41,45 @@ impl EventKind {
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Datanet {
-    pub datanet: String,
-    pub owner: String,
+    pub datanet: Text,
+    pub owner: Text,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Contribution {
-    pub contribution: String,
-    pub datanet: String,
-    pub contributor: String,
-    pub content_hash: String,
+    pub contribution: Text,
+    pub datanet: Text,
+    pub contributor: Text,
+    pub content_hash: Text,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Model {
-    pub model: String,
-    pub owner: String,
-    pub base_model: Option<String>,
-    pub datanets: Vec<String>,
+    pub model: Text,
+    pub owner: Text,
+    pub base_model: Option<Text>,
+    pub datanets: Vec<Text>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Attribution {
-    pub contribution: String,
+    pub contribution: Text,
     pub weight: u32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Inference {
-    pub inference: String,
-    pub model: String,
-    pub consumer: String,
+    pub inference: Text,
+    pub model: Text,
+    pub consumer: Text,
     pub fee: i64,
     pub attributions: Vec<Attribution>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
-    pub contribution: String,
-    pub reason: String,
+    pub contribution: Text,
+    pub reason: Text,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,35 +123,36 @@ impl Event {
 /// An inference as a caller sends it: with scores. `into_event` fixes the weights.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredInference {
-    pub inference: String,
-    pub model: String,
-    pub consumer: String,
+    pub inference: Text,
+    pub model: Text,
+    pub consumer: Text,
     pub fee: i64,
-    pub scores: Vec<(String, f64)>,
+    pub scores: Vec<(Text, f64)>,
 }
 
 impl ScoredInference {
     /// Converts scores to weights (settlement.md §1). `index` is the event's position in its
     /// batch, used only to name it in a refusal.
     pub fn into_event(self, index: usize) -> Result<Event, Refusal> {
-        let scores: Vec<f64> = self.scores.iter().map(|(_, s)| *s).collect();
-        let mut weights = Vec::with_capacity(scores.len());
-        if let Err(bad) = weights_from_scores(&scores, &mut weights) {
-            let value = format!("{}:{}", self.scores[bad].0, scores[bad]);
-            return Err(Refusal::new(
-                index,
-                EventKind::Inference,
-                "attributions",
-                value,
-                Rule::BadScore,
-            )
-            .at_entry(bad));
-        }
+        let max = match max_score(self.scores.iter().map(|(_, s)| *s)) {
+            Ok(max) => max,
+            Err(bad) => {
+                let (id, score) = &self.scores[bad];
+                let value = format!("{id}:{score}");
+                return Err(Refusal::new(
+                    index,
+                    EventKind::Inference,
+                    "attributions",
+                    value,
+                    Rule::BadScore,
+                )
+                .at_entry(bad));
+            }
+        };
         let attributions = self
             .scores
             .into_iter()
-            .zip(weights)
-            .map(|((contribution, _), weight)| Attribution { contribution, weight })
+            .map(|(contribution, s)| Attribution { contribution, weight: weight_of(s, max) })
             .collect();
         Ok(Event::Inference(Inference {
             inference: self.inference,
@@ -208,4 +215,57 @@ pub struct LoggedEvent {
     pub lsn: u64,
     pub ts: i64,
     pub event: Event,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An inference as the log held it when its strings were `String`s.
+    #[derive(Archive, Serialize)]
+    struct StringAttribution {
+        contribution: String,
+        weight: u32,
+    }
+
+    #[derive(Archive, Serialize)]
+    struct StringInference {
+        inference: String,
+        model: String,
+        consumer: String,
+        fee: i64,
+        attributions: Vec<StringAttribution>,
+    }
+
+    #[test]
+    fn text_fields_archive_to_the_bytes_string_fields_did() {
+        // Short ids (inline in `Text`) and a long one (on the heap), so both of its forms count.
+        let long = "c-".repeat(40);
+        let ids = ["c-0000001", long.as_str(), "x"];
+        let text = Inference {
+            inference: "inf-0000000001".into(),
+            model: "adapter-07".into(),
+            consumer: "consumer-with-a-rather-long-id-0001".into(),
+            fee: 12_345,
+            attributions: ids
+                .iter()
+                .map(|&c| Attribution { contribution: c.into(), weight: 500_000 })
+                .collect(),
+        };
+        let string = StringInference {
+            inference: text.inference.to_string(),
+            model: text.model.to_string(),
+            consumer: text.consumer.to_string(),
+            fee: text.fee,
+            attributions: ids
+                .iter()
+                .map(|&c| StringAttribution { contribution: c.to_string(), weight: 500_000 })
+                .collect(),
+        };
+        let a = rkyv::to_bytes::<rkyv::rancor::Error>(&text).unwrap();
+        let b = rkyv::to_bytes::<rkyv::rancor::Error>(&string).unwrap();
+        assert_eq!(a.as_slice(), b.as_slice());
+        let back: Inference = rkyv::from_bytes::<Inference, rkyv::rancor::Error>(&a).unwrap();
+        assert_eq!(back, text);
+    }
 }

@@ -971,10 +971,10 @@ mod tests {
 
     fn contribution(c: usize) -> Event {
         Event::Contribution(Contribution {
-            contribution: format!("c{c}"),
-            datanet: format!("d{}", c % 2),
-            contributor: format!("u{}", c % 3),
-            content_hash: format!("{c:064x}"),
+            contribution: format!("c{c}").into(),
+            datanet: format!("d{}", c % 2).into(),
+            contributor: format!("u{}", c % 3).into(),
+            content_hash: format!("{c:064x}").into(),
         })
     }
 
@@ -986,13 +986,13 @@ mod tests {
             fee,
             attributions: entries
                 .iter()
-                .map(|&(c, weight)| Attribution { contribution: format!("c{c}"), weight })
+                .map(|&(c, weight)| Attribution { contribution: format!("c{c}").into(), weight })
                 .collect(),
         })
     }
 
     fn revoke(c: usize) -> Event {
-        Event::Revocation(Revocation { contribution: format!("c{c}"), reason: "r".into() })
+        Event::Revocation(Revocation { contribution: format!("c{c}").into(), reason: "r".into() })
     }
 
     /// Two datanets, eight contributions, a base model and an adapter, one closed epoch, and an
@@ -1001,7 +1001,7 @@ mod tests {
         let mut l = Ledger::new();
         let mut setup: Vec<Event> = ["d0", "d1"]
             .iter()
-            .map(|d| Event::Datanet(Datanet { datanet: d.to_string(), owner: "o".into() }))
+            .map(|d| Event::Datanet(Datanet { datanet: d.to_string().into(), owner: "o".into() }))
             .collect();
         setup.extend((0..8).map(contribution));
         setup.push(Event::Model(Model {

@@ -30,7 +30,7 @@ pub use entry_rewards::EntryReward;
 pub use error::{Refusal, RefusalClass, ReplayError, Rule};
 pub use event::{
     ArchivedEvent, Attribution, Batch, Contribution, Datanet, Event, EventKind, Inference,
-    LoggedEvent, Model, Policy, Revocation, ScoredInference, Settlement,
+    LoggedEvent, Model, Policy, Revocation, ScoredInference, Settlement, Text,
 };
 pub use image::ImageError;
 pub use pending::Pending;

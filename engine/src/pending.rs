@@ -12,7 +12,7 @@
 use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashSet};
 
-use crate::event::Event;
+use crate::event::{Event, Text};
 use crate::state::Ledger;
 use crate::validate::{Op, Plan};
 
@@ -55,15 +55,15 @@ pub(crate) struct PendingModel {
 /// The earlier writes of a transaction block (see the module header).
 #[derive(Debug, Clone, Default)]
 pub struct Pending {
-    pub(crate) datanets: Map<String, u32>,
-    pub(crate) contributions: Map<String, u32>,
+    pub(crate) datanets: Map<Text, u32>,
+    pub(crate) contributions: Map<Text, u32>,
     /// The datanet of each contribution the block created, by position.
     pub(crate) contribution_datanets: Vec<Ref>,
-    pub(crate) models: Map<String, u32>,
+    pub(crate) models: Map<Text, u32>,
     pub(crate) model_rows: Vec<PendingModel>,
     /// Content hashes the block contributed, and the contribution that did.
-    pub(crate) hashes: Map<[u8; 32], String>,
-    pub(crate) inferences: HashSet<String, FixedState>,
+    pub(crate) hashes: Map<[u8; 32], Text>,
+    pub(crate) inferences: HashSet<Text, FixedState>,
     pub(crate) revoked: HashSet<Ref, FixedState>,
     /// Epochs the block closes.
     pub(crate) settlements: u64,

@@ -9,8 +9,17 @@ pub const WEIGHT_SCALE: u32 = 1_000_000;
 /// the list is empty or every score is 0. On a NaN, infinite or negative score, returns the
 /// position of the first such score and writes nothing.
 pub fn weights_from_scores(scores: &[f64], out: &mut Vec<u32>) -> Result<(), usize> {
+    let max = max_score(scores.iter().copied())?;
+    out.reserve(scores.len());
+    out.extend(scores.iter().map(|&s| weight_of(s, max)));
+    Ok(())
+}
+
+/// The largest of an inference's scores (0 for none), or the position of the first NaN,
+/// infinite or negative one: the scale `weight_of` divides by.
+pub fn max_score(scores: impl IntoIterator<Item = f64>) -> Result<f64, usize> {
     let mut max = 0.0f64;
-    for (i, &s) in scores.iter().enumerate() {
+    for (i, s) in scores.into_iter().enumerate() {
         // NaN fails `is_finite`; -0.0 is not below 0.0 and counts as zero.
         if !s.is_finite() || s < 0.0 {
             return Err(i);
@@ -19,17 +28,18 @@ pub fn weights_from_scores(scores: &[f64], out: &mut Vec<u32>) -> Result<(), usi
             max = s;
         }
     }
-    out.reserve(scores.len());
+    Ok(max)
+}
+
+/// The weight of a score `s` of an inference whose largest score is `max` (from `max_score`,
+/// so `0 <= s <= max`): 0 when every score is 0.
+pub fn weight_of(s: f64, max: f64) -> u32 {
     if max == 0.0 {
-        out.extend(std::iter::repeat_n(0, scores.len()));
-        return Ok(());
+        return 0;
     }
-    for &s in scores {
-        let w = (s / max * f64::from(WEIGHT_SCALE)).round();
-        debug_assert!((0.0..=f64::from(WEIGHT_SCALE)).contains(&w));
-        out.push(w as u32);
-    }
-    Ok(())
+    let w = (s / max * f64::from(WEIGHT_SCALE)).round();
+    debug_assert!((0.0..=f64::from(WEIGHT_SCALE)).contains(&w));
+    w as u32
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use tally_engine::settle::MAX_ENTRIES;
 use tally_engine::{
-    Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement,
+    Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement, Text,
 };
 
 use crate::error::shown;
@@ -64,7 +64,7 @@ impl Entries<'_> {
     /// entry is one the grammar might refuse (then `text` is checked instead). An id never
     /// holds a `,` here and its score is finite and not negative, so its text form splits
     /// back into this very id and score.
-    fn plain(&self) -> Option<Vec<(String, f64)>> {
+    fn plain(&self) -> Option<Vec<(Text, f64)>> {
         if self.to - self.from > MAX_ENTRIES {
             return None;
         }
@@ -77,7 +77,7 @@ impl Entries<'_> {
             if id.is_empty() || id.contains(',') || !score.is_finite() || score.is_sign_negative() {
                 return None;
             }
-            out.push((id.to_owned(), score));
+            out.push((Text::from(id), score));
         }
         Some(out)
     }
@@ -168,17 +168,17 @@ fn missing(field: &'static str) -> FieldError {
 
 /// A required text field. Integers are accepted as their decimal text (exact); other types
 /// are refused.
-fn text(field: &'static str, cell: Cell) -> Result<String, FieldError> {
+fn text(field: &'static str, cell: Cell) -> Result<Text, FieldError> {
     match cell {
         Cell::Null => Err(missing(field)),
-        Cell::Text(s) => Ok(s.to_owned()),
-        Cell::Int(i) => Ok(i.to_string()),
+        Cell::Text(s) => Ok(Text::from(s)),
+        Cell::Int(i) => Ok(Text::from(i.to_string())),
         other => Err(bad(field, other, "expected TEXT")),
     }
 }
 
 /// An optional text field: NULL and the empty string mean "none".
-fn optional_text(field: &'static str, cell: Cell) -> Result<Option<String>, FieldError> {
+fn optional_text(field: &'static str, cell: Cell) -> Result<Option<Text>, FieldError> {
     match cell {
         Cell::Null => Ok(None),
         Cell::Text("") => Ok(None),
@@ -227,7 +227,7 @@ fn parse_int(s: &str) -> Option<i64> {
 }
 
 /// `id,id,…`; NULL and the empty string are the empty list.
-fn id_list(field: &'static str, cell: Cell) -> Result<Vec<String>, FieldError> {
+fn id_list(field: &'static str, cell: Cell) -> Result<Vec<Text>, FieldError> {
     let s = match cell {
         Cell::Null => return Ok(Vec::new()),
         Cell::Text(s) => s,
@@ -242,7 +242,7 @@ fn id_list(field: &'static str, cell: Cell) -> Result<Vec<String>, FieldError> {
             if id.is_empty() {
                 Err(bad(field, cell, format!("entry {} of the list is empty", i + 1)))
             } else {
-                Ok(id.to_owned())
+                Ok(Text::from(id))
             }
         })
         .collect()
@@ -281,7 +281,7 @@ fn is_score(s: &str) -> bool {
 }
 
 /// `id:score,id:score,…`, each entry split at its last `:`; NULL and '' are the empty list.
-fn scores(field: &'static str, cell: Cell) -> Result<Vec<(String, f64)>, FieldError> {
+fn scores(field: &'static str, cell: Cell) -> Result<Vec<(Text, f64)>, FieldError> {
     let s = match cell {
         Cell::Null => return Ok(Vec::new()),
         Cell::Text(s) => s,
@@ -325,7 +325,7 @@ fn scores(field: &'static str, cell: Cell) -> Result<Vec<(String, f64)>, FieldEr
             if !value.is_finite() {
                 return Err(entry_error("has a score too large to be finite"));
             }
-            Ok((id.to_owned(), value))
+            Ok((Text::from(id), value))
         })
         .collect()
 }
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn attribution_ids_split_at_the_last_colon() {
         let got = scores("attributions", Cell::Text("a:b:0.5,c:1")).unwrap();
-        assert_eq!(got, vec![("a:b".to_string(), 0.5), ("c".to_string(), 1.0)]);
+        assert_eq!(got, vec![(Text::from("a:b"), 0.5), (Text::from("c"), 1.0)]);
         assert!(scores("attributions", Cell::Text("a:0.5,")).is_err());
         assert!(scores("attributions", Cell::Text("a")).is_err());
         assert!(scores("attributions", Cell::Text(":1")).is_err());

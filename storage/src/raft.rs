@@ -686,7 +686,9 @@ mod tests {
     fn entries_kept_for_their_apply_are_let_go_once_applied() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::Database::open(dir.path()).unwrap();
-        let dn = |k: usize| Event::Datanet(Datanet { datanet: format!("d{k}"), owner: "o".into() });
+        let dn = |k: usize| {
+            Event::Datanet(Datanet { datanet: format!("d{k}").into(), owner: "o".into() })
+        };
         db.runtime().block_on(async {
             let mut pending = Vec::new();
             for k in 0..200 {

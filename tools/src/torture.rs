@@ -24,15 +24,15 @@ pub fn batches_present(l: &Ledger) -> u64 {
 }
 
 fn batch(k: u64) -> Vec<Event> {
-    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "owner".into() });
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id.into(), owner: "owner".into() });
     let mut events = vec![dn(format!("tb-{k}"))];
     if k == 0 {
         for c in 0..CONTRIBUTIONS {
             events.push(Event::Contribution(Contribution {
-                contribution: format!("c-{c}"),
+                contribution: format!("c-{c}").into(),
                 datanet: "tb-0".into(),
-                contributor: format!("u-{}", c % 17),
-                content_hash: format!("{c:064x}"),
+                contributor: format!("u-{}", c % 17).into(),
+                content_hash: format!("{c:064x}").into(),
             }));
         }
         events.push(Event::Model(Model {
@@ -51,9 +51,9 @@ fn batch(k: u64) -> Vec<Event> {
     }
     for j in 0..INFERENCES_PER_BATCH as u64 {
         let pick = |n: u64| format!("c-{}", (k * 31 + j * 7 + n * 13) % CONTRIBUTIONS as u64);
-        let scores = (0..3).map(|n| (pick(n), ((k + j + n) % 5) as f64 * 0.25)).collect();
+        let scores = (0..3).map(|n| (pick(n).into(), ((k + j + n) % 5) as f64 * 0.25)).collect();
         let inference = ScoredInference {
-            inference: format!("i-{k}-{j}"),
+            inference: format!("i-{k}-{j}").into(),
             model: if j % 2 == 0 { "base" } else { "adapter" }.into(),
             consumer: "app".into(),
             fee: (1_000 + k * 37 + j) as i64,
@@ -63,7 +63,7 @@ fn batch(k: u64) -> Vec<Event> {
     }
     if k.is_multiple_of(7) && k / 7 < CONTRIBUTIONS as u64 {
         events.push(Event::Revocation(Revocation {
-            contribution: format!("c-{}", k / 7),
+            contribution: format!("c-{}", k / 7).into(),
             reason: "torture".into(),
         }));
     }

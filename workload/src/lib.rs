@@ -10,7 +10,7 @@
 mod rng;
 
 use tally_engine::{
-    Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement,
+    Contribution, Datanet, Event, Model, Policy, Revocation, ScoredInference, Settlement, Text,
 };
 
 pub use rng::{Rng, Zipf};
@@ -67,7 +67,7 @@ impl Shape {
 }
 
 struct ModelInfo {
-    name: String,
+    name: Text,
     /// Contributions in the lineage, most popular first.
     pool: Vec<u32>,
     zipf: Zipf,
@@ -81,7 +81,7 @@ pub struct Generator {
     rng: Rng,
     models: Vec<ModelInfo>,
     model_zipf: Zipf,
-    contribution_names: Vec<String>,
+    contribution_names: Vec<Text>,
     universe: Option<Vec<Event>>,
     emitted: u64,
     epoch: u64,
@@ -99,8 +99,8 @@ impl Generator {
         let orgs = 10;
         for d in 0..shape.datanets {
             universe.push(Event::Datanet(Datanet {
-                datanet: datanet_name(d),
-                owner: format!("org-{:02}", d % orgs),
+                datanet: datanet_name(d).into(),
+                owner: format!("org-{:02}", d % orgs).into(),
             }));
         }
         // Contributions: Zipf counts per contributor, datanets Zipf-skewed too.
@@ -115,12 +115,12 @@ impl Generator {
                 let d = datanet_zipf.sample(&mut rng);
                 let name = format!("c-{id:07}");
                 universe.push(Event::Contribution(Contribution {
-                    contribution: name.clone(),
-                    datanet: datanet_name(d),
-                    contributor: format!("user-{u:05}"),
-                    content_hash: content_hash(shape.seed, id),
+                    contribution: name.clone().into(),
+                    datanet: datanet_name(d).into(),
+                    contributor: format!("user-{u:05}").into(),
+                    content_hash: content_hash(shape.seed, id).into(),
                 }));
-                contribution_names.push(name);
+                contribution_names.push(name.into());
                 by_datanet[d].push(id);
             }
         }
@@ -137,10 +137,10 @@ impl Generator {
             }
             let name = format!("base-{b:02}");
             universe.push(Event::Model(Model {
-                model: name.clone(),
-                owner: format!("org-{:02}", b % orgs),
+                model: name.clone().into(),
+                owner: format!("org-{:02}", b % orgs).into(),
                 base_model: None,
-                datanets: own.iter().map(|&d| datanet_name(d)).collect(),
+                datanets: own.iter().map(|&d| datanet_name(d).into()).collect(),
             }));
             lineages.push(own);
             models.push(name);
@@ -156,10 +156,10 @@ impl Generator {
             }
             let name = format!("adapter-{a:02}");
             universe.push(Event::Model(Model {
-                model: name.clone(),
-                owner: format!("dev-{:03}", a),
-                base_model: Some(models[base].clone()),
-                datanets: own.iter().map(|&d| datanet_name(d)).collect(),
+                model: name.clone().into(),
+                owner: format!("dev-{:03}", a).into(),
+                base_model: Some(models[base].clone().into()),
+                datanets: own.iter().map(|&d| datanet_name(d).into()).collect(),
             }));
             let mut lineage = own;
             lineage.extend_from_slice(&lineages[base]);
@@ -175,7 +175,7 @@ impl Generator {
                 // A fixed, seed-dependent popularity order.
                 rng.shuffle(&mut pool);
                 let zipf = Zipf::new(pool.len().max(1), 1.05);
-                ModelInfo { name, pool, zipf }
+                ModelInfo { name: name.into(), pool, zipf }
             })
             .collect();
         let model_zipf = Zipf::new(models.len(), 1.0);
@@ -200,7 +200,7 @@ impl Generator {
     }
 
     /// Contribution names in id order (the i-th contribution event's id).
-    pub fn contribution_names(&self) -> &[String] {
+    pub fn contribution_names(&self) -> &[Text] {
         &self.contribution_names
     }
 
@@ -236,9 +236,9 @@ impl Generator {
         let fee = 1_000i64 << self.rng.below(10);
         let fee = fee + self.rng.below(fee as u64) as i64;
         ScoredInference {
-            inference: format!("inf-{n:010}"),
+            inference: format!("inf-{n:010}").into(),
             model: m.name.clone(),
-            consumer: format!("app-{:03}", self.rng.below(self.shape.consumers as u64)),
+            consumer: format!("app-{:03}", self.rng.below(self.shape.consumers as u64)).into(),
             fee,
             scores,
         }
@@ -255,7 +255,7 @@ impl Generator {
                 self.revoked[c] = true;
                 let reason = ["spam", "stolen data", "takedown request"][c % 3];
                 return Some(Event::Revocation(Revocation {
-                    contribution: self.contribution_names[c].clone(),
+                    contribution: self.contribution_names[c].clone().into(),
                     reason: reason.into(),
                 }));
             }

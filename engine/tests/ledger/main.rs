@@ -28,7 +28,7 @@ pub fn contrib(id: &str, datanet: &str, contributor: &str, n: u64) -> Event {
         contribution: id.into(),
         datanet: datanet.into(),
         contributor: contributor.into(),
-        content_hash: hash(n),
+        content_hash: hash(n).into(),
     })
 }
 
@@ -37,7 +37,7 @@ pub fn model(id: &str, owner: &str, base: Option<&str>, datanets: &[&str]) -> Ev
         model: id.into(),
         owner: owner.into(),
         base_model: base.map(Into::into),
-        datanets: datanets.iter().map(|d| d.to_string()).collect(),
+        datanets: datanets.iter().map(|&d| d.into()).collect(),
     })
 }
 
@@ -47,7 +47,7 @@ pub fn inf(id: &str, model: &str, fee: i64, scores: &[(&str, f64)]) -> Event {
         model: model.into(),
         consumer: "consumer-1".into(),
         fee,
-        scores: scores.iter().map(|(c, s)| (c.to_string(), *s)).collect(),
+        scores: scores.iter().map(|&(c, s)| (c.into(), s)).collect(),
     }
     .into_event(0)
     .expect("valid scores")
@@ -61,7 +61,7 @@ pub fn weighted(id: &str, model: &str, fee: i64, weights: &[(&str, u32)]) -> Eve
         fee,
         attributions: weights
             .iter()
-            .map(|(c, w)| Attribution { contribution: c.to_string(), weight: *w })
+            .map(|(c, w)| Attribution { contribution: c.to_string().into(), weight: *w })
             .collect(),
     })
 }
@@ -351,7 +351,7 @@ fn refuses_bad_content_hash() {
     let mut l = worked_example_setup();
     let mut e = contrib("c9", "dn-a", "x", 1);
     if let Event::Contribution(c) = &mut e {
-        c.content_hash = "AB".repeat(32);
+        c.content_hash = "AB".repeat(32).into();
     }
     let r = refused(&mut l, &[e]);
     check(&r, 0, EventKind::Contribution, "content_hash", &"AB".repeat(32), Rule::BadContentHash);
@@ -471,8 +471,10 @@ fn refuses_revoking_twice() {
     assert_eq!(r.rule.class(), RefusalClass::Duplicate);
     let r = refused(&mut l, &[revoke("c2"), revoke("c2")]);
     check(&r, 1, EventKind::Revocation, "contribution", "c2", Rule::AlreadyRevoked);
-    let long =
-        Event::Revocation(Revocation { contribution: "c2".into(), reason: "r".repeat(1025) });
+    let long = Event::Revocation(Revocation {
+        contribution: "c2".into(),
+        reason: "r".repeat(1025).into(),
+    });
     let r = refused(&mut l, &[long]);
     check(&r, 0, EventKind::Revocation, "reason", "1025 bytes", Rule::ReasonTooLong);
 }

@@ -48,30 +48,31 @@ impl Oracle {
         match event {
             Event::Datanet(_) => {}
             Event::Contribution(c) => {
-                self.contributor.insert(c.contribution.clone(), c.contributor.clone());
-                self.datanet_of.insert(c.contribution.clone(), c.datanet.clone());
+                self.contributor.insert(c.contribution.to_string(), c.contributor.to_string());
+                self.datanet_of.insert(c.contribution.to_string(), c.datanet.to_string());
             }
             Event::Model(m) => {
-                self.model_owner.insert(m.model.clone(), m.owner.clone());
-                self.model_base.insert(m.model.clone(), m.base_model.clone());
+                self.model_owner.insert(m.model.to_string(), m.owner.to_string());
+                self.model_base
+                    .insert(m.model.to_string(), m.base_model.as_ref().map(|b| b.to_string()));
             }
             Event::Inference(i) => {
-                let base = self.model_base[&i.model].clone();
+                let base = self.model_base[i.model.as_str()].clone();
                 self.inferences.push(Inf {
                     epoch: self.open_epoch(),
                     fee: i.fee as u128,
                     bps: self.bps.unwrap_or((1000, 2000, 1000)),
-                    model_owner: self.model_owner[&i.model].clone(),
+                    model_owner: self.model_owner[i.model.as_str()].clone(),
                     base_owner: base.map(|b| self.model_owner[&b].clone()),
                     entries: i
                         .attributions
                         .iter()
-                        .map(|a| (a.contribution.clone(), a.weight as u128))
+                        .map(|a| (a.contribution.to_string(), a.weight as u128))
                         .collect(),
                 });
             }
             Event::Revocation(r) => {
-                self.revoked_at.insert(r.contribution.clone(), self.lsn);
+                self.revoked_at.insert(r.contribution.to_string(), self.lsn);
             }
             Event::Policy(p) => {
                 self.bps = Some((p.protocol_bps as u128, p.model_bps as u128, p.base_bps as u128));

@@ -30,20 +30,30 @@ fn hash() -> impl Strategy<Value = String> {
 
 fn event() -> impl Strategy<Value = Event> {
     prop_oneof![
-        (id(), id()).prop_map(|(datanet, owner)| Event::Datanet(Datanet { datanet, owner })),
+        (id(), id()).prop_map(|(datanet, owner)| Event::Datanet(Datanet {
+            datanet: datanet.into(),
+            owner: owner.into()
+        })),
         (id(), id(), id(), hash()).prop_map(
             |(contribution, datanet, contributor, content_hash)| {
                 Event::Contribution(Contribution {
-                    contribution,
-                    datanet,
-                    contributor,
-                    content_hash,
+                    contribution: contribution.into(),
+                    datanet: datanet.into(),
+                    contributor: contributor.into(),
+                    content_hash: content_hash.into(),
                 })
             }
         ),
         (id(), id(), proptest::option::of(id()), prop::collection::vec(id(), 0..4)).prop_map(
             |(model, owner, base_model, datanets)| {
-                Event::Model(Model { model, owner, base_model, datanets })
+                let base_model = base_model.map(Into::into);
+                let datanets = datanets.into_iter().map(Into::into).collect();
+                Event::Model(Model {
+                    model: model.into(),
+                    owner: owner.into(),
+                    base_model,
+                    datanets,
+                })
             }
         ),
         (
@@ -56,12 +66,24 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(inference, model, consumer, fee, entries)| {
                 let attributions = entries
                     .into_iter()
-                    .map(|(contribution, weight)| Attribution { contribution, weight })
+                    .map(|(contribution, weight)| Attribution {
+                        contribution: contribution.into(),
+                        weight,
+                    })
                     .collect();
-                Event::Inference(Inference { inference, model, consumer, fee, attributions })
+                Event::Inference(Inference {
+                    inference: inference.into(),
+                    model: model.into(),
+                    consumer: consumer.into(),
+                    fee,
+                    attributions,
+                })
             }),
         (id(), prop_oneof![Just(10usize), Just(1024), Just(1025)]).prop_map(|(contribution, n)| {
-            Event::Revocation(Revocation { contribution, reason: "r".repeat(n) })
+            Event::Revocation(Revocation {
+                contribution: contribution.into(),
+                reason: "r".repeat(n).into(),
+            })
         }),
         (-1..6000i64, -1..6000i64, prop_oneof![0..4000i64, Just(i64::MAX)]).prop_map(
             |(protocol_bps, model_bps, base_bps)| {
@@ -94,11 +116,11 @@ fn too_many_entries_and_long_ids_are_malformed() {
         consumer: "c".into(),
         fee: 1,
         attributions: (0..1025)
-            .map(|k| Attribution { contribution: format!("c{k}"), weight: 1 })
+            .map(|k| Attribution { contribution: format!("c{k}").into(), weight: 1 })
             .collect(),
     });
     assert_eq!(first_malformed(&[many]), Some(0));
-    let long = Event::Datanet(Datanet { datanet: "d".repeat(20 << 20), owner: "o".into() });
+    let long = Event::Datanet(Datanet { datanet: "d".repeat(20 << 20).into(), owner: "o".into() });
     let ok = Event::Datanet(Datanet { datanet: "d".into(), owner: "o".into() });
     assert_eq!(first_malformed(&[ok.clone(), long]), Some(1));
     assert_eq!(first_malformed(&[ok]), None);

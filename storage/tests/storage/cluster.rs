@@ -220,7 +220,10 @@ fn write_datanets(db: &Database, prefix: &str, batches: usize, size: usize) {
     for k in 0..batches {
         let batch: Vec<Event> = (0..size)
             .map(|j| {
-                Event::Datanet(Datanet { datanet: format!("{prefix}-{k}-{j}"), owner: "o".into() })
+                Event::Datanet(Datanet {
+                    datanet: format!("{prefix}-{k}-{j}").into(),
+                    owner: "o".into(),
+                })
             })
             .collect();
         db.write(batch).unwrap();

@@ -75,7 +75,7 @@ fn one_process_per_data_directory() {
 fn concurrent_batches_share_fsyncs_and_each_stays_atomic() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open_with(dir.path(), small()).unwrap();
-    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id.into(), owner: "o".into() });
     let entries_before = db.log().with_log(|l| l.last_index().unwrap());
     let results = db.runtime().block_on(async {
         let mut pending = Vec::new();
@@ -166,8 +166,8 @@ fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
         let batch: Vec<Event> = (0..200)
             .map(|j| {
                 Event::Datanet(Datanet {
-                    datanet: format!("d-{acked}-{j}"),
-                    owner: "o".repeat(100),
+                    datanet: format!("d-{acked}-{j}").into(),
+                    owner: "o".repeat(100).into(),
                 })
             })
             .collect();
@@ -215,7 +215,7 @@ fn the_background_check_finds_damage_in_sealed_segments() {
 fn scanning_events_from_any_lsn_matches_a_full_scan() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open_with(dir.path(), small()).unwrap();
-    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id.into(), owner: "o".into() });
     db.runtime().block_on(async {
         let mut pending = Vec::new();
         for k in 0..40 {
@@ -272,7 +272,10 @@ fn ledger_with_a_flip_in_a_sealed_segment(dir: &std::path::Path) -> (std::path::
     for k in 0..40 {
         let batch: Vec<Event> = (0..50)
             .map(|j| {
-                Event::Datanet(Datanet { datanet: format!("d-{k}-{j}"), owner: "owner".into() })
+                Event::Datanet(Datanet {
+                    datanet: format!("d-{k}-{j}").into(),
+                    owner: "owner".into(),
+                })
             })
             .collect();
         db.write(batch).unwrap();
@@ -345,7 +348,7 @@ fn damage_in_a_sealed_segment_is_named_by_reads_by_opening_and_cut_by_salvage() 
 fn a_batch_refused_for_its_shape_costs_no_log_space() {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::open_with(dir.path(), small()).unwrap();
-    let dn = |id: String| Event::Datanet(Datanet { datanet: id, owner: "o".into() });
+    let dn = |id: String| Event::Datanet(Datanet { datanet: id.into(), owner: "o".into() });
     db.write(vec![dn("a".into())]).unwrap();
     let bytes = db.log().with_log(|l| l.data_bytes());
     for _ in 0..5 {

@@ -36,7 +36,7 @@ fn aligned(bytes: &[u8]) -> AlignedVec<16> {
 
 fn batch(n: usize) -> Vec<Event> {
     (0..n)
-        .map(|k| Event::Datanet(Datanet { datanet: format!("dn-{k}"), owner: "o".into() }))
+        .map(|k| Event::Datanet(Datanet { datanet: format!("dn-{k}").into(), owner: "o".into() }))
         .collect()
 }
 
@@ -57,8 +57,10 @@ fn snapshot() -> &'static [u8] {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::open_with(dir.path(), Options::default()).unwrap();
         for k in 0..3 {
-            let events =
-                vec![Event::Datanet(Datanet { datanet: format!("s{k}"), owner: "o".into() })];
+            let events = vec![Event::Datanet(Datanet {
+                datanet: format!("s{k}").into(),
+                owner: "o".into(),
+            })];
             db.write(events).unwrap();
         }
         db.close().unwrap();
