@@ -1001,7 +1001,7 @@ mod tests {
         let mut l = Ledger::new();
         let mut setup: Vec<Event> = ["d0", "d1"]
             .iter()
-            .map(|d| Event::Datanet(Datanet { datanet: d.to_string().into(), owner: "o".into() }))
+            .map(|d| Event::Datanet(Datanet { datanet: (*d).into(), owner: "o".into() }))
             .collect();
         setup.extend((0..8).map(contribution));
         setup.push(Event::Model(Model {

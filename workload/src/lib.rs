@@ -255,7 +255,7 @@ impl Generator {
                 self.revoked[c] = true;
                 let reason = ["spam", "stolen data", "takedown request"][c % 3];
                 return Some(Event::Revocation(Revocation {
-                    contribution: self.contribution_names[c].clone().into(),
+                    contribution: self.contribution_names[c].clone(),
                     reason: reason.into(),
                 }));
             }

@@ -61,7 +61,7 @@ pub fn weighted(id: &str, model: &str, fee: i64, weights: &[(&str, u32)]) -> Eve
         fee,
         attributions: weights
             .iter()
-            .map(|(c, w)| Attribution { contribution: c.to_string().into(), weight: *w })
+            .map(|(c, w)| Attribution { contribution: (*c).into(), weight: *w })
             .collect(),
     })
 }

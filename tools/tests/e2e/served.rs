@@ -4,7 +4,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub fn repo() -> PathBuf {
@@ -15,15 +16,32 @@ pub fn script(name: &str) -> PathBuf {
     repo().join("tests/clients").join(name)
 }
 
+/// The ports tests give servers come from below Linux's ephemeral range (32768-60999 by
+/// default), so that no client connection can take one as its local port between its pick
+/// and the server's bind (binding port 0 picked from that range, and a CI run once lost a
+/// node's start to it); a counter keeps the tests of one process from picking one twice,
+/// and each process starts at its own offset.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+static PORTS_TAKEN: AtomicU32 = AtomicU32::new(0);
+
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)[0]
 }
 
-/// `n` distinct free ports (all held at once while they are picked).
+/// `n` distinct ports that nothing listens on now.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let offset = std::process::id() % span;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let k = PORTS_TAKEN.fetch_add(1, Ordering::Relaxed);
+        assert!(k < span, "the tests used up the {span} test ports");
+        let port = TEST_PORTS.start + u16::try_from((offset + k) % span).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 pub fn tally() -> Command {
@@ -54,9 +72,10 @@ impl Served {
             .args(["--ingest", &format!("127.0.0.1:{ingest_port}")])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting tally serve");
+        let errors = last_lines(child.stderr.take().unwrap());
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -70,7 +89,11 @@ impl Served {
             match rx.recv_timeout(Duration::from_secs(120)) {
                 Ok(line) if line.starts_with("tally serving") => break,
                 Ok(_) => continue,
-                Err(_) => panic!("tally serve did not start: {:?}", child.try_wait()),
+                Err(_) => panic!(
+                    "tally serve did not start: {:?}; its last lines on stderr:\n{}",
+                    child.try_wait(),
+                    errors.lock().unwrap().join("\n")
+                ),
             }
         }
         Served { child, port, ingest_port, stdout: rx }
@@ -87,6 +110,24 @@ impl Served {
         let rest = self.stdout.try_iter().collect();
         (status, rest)
     }
+}
+
+/// Keeps the last lines a child writes to `stream` (read until it closes), for a failure's
+/// message: a server that does not start says why there.
+fn last_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    const KEPT: usize = 40;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let kept = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut kept = kept.lock().unwrap();
+            if kept.len() == KEPT {
+                kept.remove(0);
+            }
+            kept.push(line);
+        }
+    });
+    lines
 }
 
 pub fn sigterm(child: &Child) {
