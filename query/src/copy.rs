@@ -328,10 +328,11 @@ impl<'a> Reader<'a> {
         loop {
             // One field starting at `i`.
             if i < bytes.len() && bytes[i] == f.quote {
-                let mut value = String::new();
+                // Owned only once an escape is met: most quoted fields are borrowed whole.
+                let mut unescaped: Option<String> = None;
                 let mut run = i + 1;
                 let mut j = i + 1;
-                loop {
+                let value = loop {
                     if j >= bytes.len() {
                         return Err(QueryError::BadCopyData {
                             line: self.line,
@@ -344,18 +345,24 @@ impl<'a> Reader<'a> {
                         && j + 1 < bytes.len()
                         && (bytes[j + 1] == f.quote || bytes[j + 1] == f.escape)
                     {
-                        value.push_str(&self.text[run..j]);
+                        unescaped.get_or_insert_with(String::new).push_str(&self.text[run..j]);
                         run = j + 1;
                         j += 2;
                     } else if b == f.quote {
                         if f.escape == f.quote && j + 1 < bytes.len() && bytes[j + 1] == f.quote {
-                            value.push_str(&self.text[run..=j]);
+                            unescaped.get_or_insert_with(String::new).push_str(&self.text[run..=j]);
                             j += 2;
                             run = j;
                         } else {
-                            value.push_str(&self.text[run..j]);
+                            let last = &self.text[run..j];
                             j += 1;
-                            break;
+                            break match unescaped {
+                                None => Cow::Borrowed(last),
+                                Some(mut value) => {
+                                    value.push_str(last);
+                                    Cow::Owned(value)
+                                }
+                            };
                         }
                     } else {
                         if b == b'\n' {
@@ -363,9 +370,9 @@ impl<'a> Reader<'a> {
                         }
                         j += 1;
                     }
-                }
+                };
                 // A quoted field is never NULL.
-                fields.push(Some(Cow::Owned(value)));
+                fields.push(Some(value));
                 i = j;
                 if i >= bytes.len()
                     || bytes[i] == b'\n'
@@ -512,6 +519,11 @@ mod tests {
                 vec![Some("z".into()), Some("w".into())],
             ]
         );
+        // An escape other than the quote: escaped quotes and escapes, and an escape before
+        // anything else kept as it is; a field with none is borrowed, one with some is built.
+        let escaped = copy("COPY datanets FROM STDIN WITH (FORMAT csv, ESCAPE '\\')");
+        let got = rows(&escaped, "\"a\\\"b\\\\c\\d\",\"plain\"\n");
+        assert_eq!(got, vec![vec![Some("a\"b\\c\\d".into()), Some("plain".into())]]);
         let legacy = copy("COPY datanets (owner, datanet) FROM STDIN CSV HEADER");
         assert!(legacy.format.csv && legacy.format.header);
         assert_eq!(legacy.positions, vec![Some(1), Some(0)]);
