@@ -8,7 +8,7 @@ use foldhash::fast::FixedState;
 use hashbrown::{HashMap, HashSet, HashTable};
 
 use crate::error::{Refusal, Rule};
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, Text};
 use crate::fingerprint::fingerprint;
 use crate::id::{is_valid_id, parse_content_hash};
 use crate::intern::NameHash;
@@ -531,7 +531,7 @@ impl<'s, 'a> Validator<'s, 'a> {
     #[inline]
     fn prior_id(
         &self,
-        names: impl Fn(&Pending) -> &HashMap<crate::event::Text, u32, FixedState>,
+        names: impl Fn(&Pending) -> &HashMap<Text, u32, FixedState>,
         name: &str,
         ledger_rows: usize,
     ) -> Option<u32> {
@@ -575,7 +575,7 @@ impl<'s, 'a> Validator<'s, 'a> {
             Some(&c) => Some(self.state.contributions.name(c)),
             None => self
                 .prior
-                .and_then(|p| p.hashes.get(hash).map(crate::event::Text::as_str))
+                .and_then(|p| p.hashes.get(hash).map(Text::as_str))
                 .or_else(|| self.hashes.get(hash).copied()),
         }
     }
