@@ -8,8 +8,8 @@ use crate::error::{Refusal, Rule};
 use crate::weight::{max_score, weight_of};
 
 /// The text of an event's ids and other strings: kept inline up to 24 bytes, so the ids of
-/// an inference cost no allocation of their own (ids are short; an inference has up to 16
-/// entries, each with an id, and is built, logged, applied and hashed on different threads).
+/// an inference cost no allocation of their own (ids are usually short; each entry has one,
+/// and an event is built, logged, applied and hashed on different threads).
 /// Archived exactly as rkyv archives a `String`: the log's bytes do not depend on it.
 pub type Text = compact_str::CompactString;
 

@@ -99,7 +99,7 @@ impl Generator {
         let orgs = 10;
         for d in 0..shape.datanets {
             universe.push(Event::Datanet(Datanet {
-                datanet: datanet_name(d).into(),
+                datanet: datanet_name(d),
                 owner: format!("org-{:02}", d % orgs).into(),
             }));
         }
@@ -113,14 +113,14 @@ impl Generator {
             for _ in 0..count {
                 let id = contribution_names.len() as u32;
                 let d = datanet_zipf.sample(&mut rng);
-                let name = format!("c-{id:07}");
+                let name: Text = format!("c-{id:07}").into();
                 universe.push(Event::Contribution(Contribution {
-                    contribution: name.clone().into(),
-                    datanet: datanet_name(d).into(),
+                    contribution: name.clone(),
+                    datanet: datanet_name(d),
                     contributor: format!("user-{u:05}").into(),
                     content_hash: content_hash(shape.seed, id).into(),
                 }));
-                contribution_names.push(name.into());
+                contribution_names.push(name);
                 by_datanet[d].push(id);
             }
         }
@@ -135,12 +135,12 @@ impl Generator {
                     own.push(d);
                 }
             }
-            let name = format!("base-{b:02}");
+            let name: Text = format!("base-{b:02}").into();
             universe.push(Event::Model(Model {
-                model: name.clone().into(),
+                model: name.clone(),
                 owner: format!("org-{:02}", b % orgs).into(),
                 base_model: None,
-                datanets: own.iter().map(|&d| datanet_name(d).into()).collect(),
+                datanets: own.iter().map(|&d| datanet_name(d)).collect(),
             }));
             lineages.push(own);
             models.push(name);
@@ -154,12 +154,12 @@ impl Generator {
                     own.push(d);
                 }
             }
-            let name = format!("adapter-{a:02}");
+            let name: Text = format!("adapter-{a:02}").into();
             universe.push(Event::Model(Model {
-                model: name.clone().into(),
+                model: name.clone(),
                 owner: format!("dev-{:03}", a).into(),
-                base_model: Some(models[base].clone().into()),
-                datanets: own.iter().map(|&d| datanet_name(d).into()).collect(),
+                base_model: Some(models[base].clone()),
+                datanets: own.iter().map(|&d| datanet_name(d)).collect(),
             }));
             let mut lineage = own;
             lineage.extend_from_slice(&lineages[base]);
@@ -175,7 +175,7 @@ impl Generator {
                 // A fixed, seed-dependent popularity order.
                 rng.shuffle(&mut pool);
                 let zipf = Zipf::new(pool.len().max(1), 1.05);
-                ModelInfo { name: name.into(), pool, zipf }
+                ModelInfo { name, pool, zipf }
             })
             .collect();
         let model_zipf = Zipf::new(models.len(), 1.0);
@@ -307,8 +307,8 @@ impl Iterator for Generator {
     }
 }
 
-fn datanet_name(d: usize) -> String {
-    format!("dn-{d:03}")
+fn datanet_name(d: usize) -> Text {
+    format!("dn-{d:03}").into()
 }
 
 /// A unique 64-hex content hash: the contribution id mixed with the seed, with the id itself in

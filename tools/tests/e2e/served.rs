@@ -1,5 +1,6 @@
 //! Running `tally serve` processes and the command-line clients the end-to-end tests drive.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ impl Served {
                 Err(_) => panic!(
                     "tally serve did not start: {:?}; its last lines on stderr:\n{}",
                     child.try_wait(),
-                    errors.lock().unwrap().join("\n")
+                    errors.lock().unwrap().make_contiguous().join("\n")
                 ),
             }
         }
@@ -114,17 +115,17 @@ impl Served {
 
 /// Keeps the last lines a child writes to `stream` (read until it closes), for a failure's
 /// message: a server that does not start says why there.
-fn last_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+fn last_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<VecDeque<String>>> {
     const KEPT: usize = 40;
-    let lines = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT)));
     let kept = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             let mut kept = kept.lock().unwrap();
             if kept.len() == KEPT {
-                kept.remove(0);
+                kept.pop_front();
             }
-            kept.push(line);
+            kept.push_back(line);
         }
     });
     lines
